@@ -1,0 +1,139 @@
+"""``twistd chatd``: command-line options and the service tree.
+
+Like twisted.words' tap and magic-wormhole's server_tap: :class:`Options`
+parses the command line, :func:`makeService` wires a hub, a factory and
+one listening service per endpoint into a ``MultiService``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from chatd.history import MemoryHistory
+from chatd.hub import Hub
+from chatd.server import ChatFactory, ServerConfig
+
+DEFAULT_PORT = 9998
+
+
+def _positive_int(name: str) -> Any:
+    def convert(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
+        if number < 1:
+            raise usage.UsageError(f"--{name} must be at least 1")
+        return number
+
+    return convert
+
+
+def _non_negative(name: str, unit: str) -> Any:
+    def convert(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number of {unit}, not {value!r}") from None
+        if number < 0:
+            raise usage.UsageError(f"--{name} cannot be negative")
+        return number
+
+    return convert
+
+
+def _history_count(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--history-on-login must be a number or 'all', not {value!r}") from None
+    if number < 0:
+        raise usage.UsageError("--history-on-login cannot be negative")
+    return number
+
+
+def _framing(value: str) -> str:
+    if value not in ("auto", "lines", "classic"):
+        raise usage.UsageError("--framing must be auto, lines or classic")
+    return value
+
+
+def port_to_endpoint(port: str) -> str:
+    """``--port``: a bare number means ``tcp:N``; anything else is an endpoint."""
+    return f"tcp:{port}" if port.isdigit() else port
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd chatd``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the chatd chat server. Clients of the classic JSON chat protocol "
+        "connect over TCP (default port 9998)."
+    )
+
+    optParameters = [
+        ["port", "p", None, f"Port to listen on: a number (tcp:N) or an endpoint string [default: {DEFAULT_PORT}]."],
+        ["framing", None, "auto", "Output framing: auto (detect per connection), lines or classic.", _framing],
+        ["pace", None, 25.0, "Milliseconds between responses in classic framing.", _non_negative("pace", "milliseconds")],
+        [
+            "history-on-login",
+            None,
+            100,
+            "Messages of history sent after login: a number or 'all'.",
+            _history_count,
+        ],
+        ["max-message", None, 2000, "Longest message accepted, in characters.", _positive_int("max-message")],
+        ["max-request", None, 16384, "Largest request accepted, in bytes.", _positive_int("max-request")],
+        [
+            "login-timeout",
+            None,
+            60.0,
+            "Seconds a connection may stay without logging in (0: no limit).",
+            _non_negative("login-timeout", "seconds"),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen on a Twisted endpoint string, e.g. tcp:9998:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        endpoints = list(self["listen"])
+        if self["port"] is not None or not endpoints:
+            endpoints.insert(0, port_to_endpoint(str(self["port"] or DEFAULT_PORT)))
+        self["endpoints"] = endpoints
+
+    def config(self) -> ServerConfig:
+        """The per-connection settings these options describe."""
+        return ServerConfig(
+            framing=self["framing"],
+            pace=self["pace"] / 1000.0,
+            history_on_login=self["history-on-login"],
+            max_request=self["max-request"],
+            login_timeout=self["login-timeout"],
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """The chatd service tree: one listener per endpoint, all on one hub."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    hub = Hub(reactor, MemoryHistory(), max_message=options["max-message"])
+    factory = ChatFactory(hub, options.config(), reactor)
+    top = service.MultiService()
+    for endpoint in options["endpoints"]:
+        listener = strports.service(endpoint, factory, reactor=reactor)
+        listener.setServiceParent(top)
+    return top

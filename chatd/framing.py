@@ -226,7 +226,9 @@ class _PrefixScanner:
 
 
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_NUMBER_PREFIX = re.compile(r"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
+_NUMBER_PREFIX = re.compile(
+    r"-?(?:(?:0|[1-9][0-9]*)(?:\.|\.[0-9]+(?:[eE][+-]?[0-9]*)?|[eE][+-]?[0-9]*)?)?"
+)
 
 
 def _replace_lone_surrogates(value: Any) -> Any:
@@ -459,7 +461,8 @@ class ClassicOutput:
         if not self._queue:
             return
         now = self._clock.seconds()
-        if self._last_write is not None and now - self._last_write < self._pace:
+        # The tolerance keeps float rounding from rescheduling forever.
+        if self._last_write is not None and now - self._last_write < self._pace - 1e-6:
             self._timer = self._clock.callLater(self._last_write + self._pace - now, self._release)
             return
         payload = self._queue.popleft()

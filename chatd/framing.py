@@ -289,7 +289,7 @@ class StreamDecoder:
                     return self._too_long(events)
                 break
             if _utf8_size(buf[:end]) > self.max_request:
-                return self._too_long(events)
+                return self._too_long(events, _newline_follows(buf, end))
             if kind == "invalid":
                 newline = self._resync(end)
                 if not errored:
@@ -365,11 +365,11 @@ class StreamDecoder:
         self._buf = self._buf[match.end() if newline else match.start():]
         return newline
 
-    def _too_long(self, events: list[Decoded]) -> list[Decoded]:
+    def _too_long(self, events: list[Decoded], newline: bool = False) -> list[Decoded]:
         self.stopped = True
         self._buf = ""
         self._scanner = None
-        events.append(Decoded(None, TOO_LONG, False))
+        events.append(Decoded(None, TOO_LONG, newline))
         return events
 
 

@@ -7,6 +7,7 @@ one listening service per endpoint into a ``MultiService``.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application import service, strports
@@ -124,6 +125,25 @@ class Options(usage.Options):
         )
 
 
+class ChatService(service.MultiService):
+    """The top of chatd's service tree.
+
+    Since Twisted 22.10 twistd re-raises the signal that stopped the
+    reactor, so a server stopped by SIGTERM exits with status -15.  For
+    chatd, SIGTERM/SIGINT are the normal, requested way to stop (systemd,
+    containers), so a stop they caused is a clean exit with status 0.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self._reactor = reactor
+
+    def stopService(self) -> Any:
+        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self._reactor._exitSignal = None
+        return super().stopService()
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """The chatd service tree: one listener per endpoint, all on one hub."""
     if reactor is None:
@@ -132,7 +152,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         reactor = global_reactor
     hub = Hub(reactor, MemoryHistory(), max_message=options["max-message"])
     factory = ChatFactory(hub, options.config(), reactor)
-    top = service.MultiService()
+    top = ChatService(reactor)
     for endpoint in options["endpoints"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.setServiceParent(top)

@@ -1,0 +1,136 @@
+"""The real ``twistd chatd`` over TCP on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import DEADLINE, ClassicClient, LinesClient, ServerProcess, free_port, twistd_command, wait_for
+
+
+class EndToEndTests(SynchronousTestCase):
+    def start_server(self, *args: str) -> ServerProcess:
+        server = ServerProcess(self.mktemp_dir(), *args).start()
+        self.addCleanup(server.kill)
+        return server
+
+    def mktemp_dir(self) -> str:
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    def test_classic_and_lines_clients_chat(self) -> None:
+        # A wide pace keeps each classic response in its own recv even on
+        # a busy machine.
+        server = self.start_server("--pace", "100")
+        alice = ClassicClient(server.port)
+        self.addCleanup(alice.close)
+        bob = LinesClient(server.port)
+        self.addCleanup(bob.close)
+
+        alice.send("login", "alice")
+        self.assertEqual(alice.receive()["content"], "Login successful. You are now logged in as alice")
+        self.assertEqual(alice.receive()["response"], "history")
+        bob.send("login", "bob")
+        self.assertEqual(bob.receive()["content"], "Login successful. You are now logged in as bob")
+        self.assertEqual(bob.receive()["content"], [])
+
+        alice.send("msg", "hello from a classic client")
+        echo = alice.receive()
+        self.assertEqual((echo["response"], echo["sender"], echo["content"]), ("message", "alice", "hello from a classic client"))
+        self.assertEqual(bob.receive(), echo)
+
+        bob.send("msg", "hello from a lines client")
+        echo = bob.receive()
+        self.assertEqual(echo["content"], "hello from a lines client")
+        self.assertEqual(alice.receive(), echo)
+
+        bob.send("names")
+        self.assertEqual(bob.receive()["content"], "alice, bob")
+        alice.send("bogus")
+        self.assertEqual(alice.receive()["code"], "unknown_request")
+
+        carol = LinesClient(server.port)
+        self.addCleanup(carol.close)
+        carol.send("login", "carol")
+        carol.receive()
+        history = carol.receive()["content"]
+        self.assertEqual(len(history), 2)
+
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+
+    def test_disconnect_frees_name(self) -> None:
+        server = self.start_server()
+        first = LinesClient(server.port)
+        first.send("login", "dave")
+        first.receive()
+        first.close()
+        second = LinesClient(server.port)
+        self.addCleanup(second.close)
+
+        def login_accepted() -> bool:
+            second.send("login", "dave")
+            response = second.receive()
+            if response["response"] == "info":
+                second.receive()
+                return True
+            return False
+
+        wait_for(login_accepted, "the name to be free again")
+        self.assertEqual(server.stop(), 0)
+
+    def test_too_long_closes_the_connection(self) -> None:
+        server = self.start_server("--max-request", "100")
+        client = LinesClient(server.port)
+        self.addCleanup(client.close)
+        client.send("msg", "x" * 200)
+        self.assertEqual(client.receive()["code"], "too_long")
+        self.assertRaises(EOFError, client.receive)
+
+
+class DaemonTests(SynchronousTestCase):
+    """``twistd chatd --port N`` daemonizes and writes ``twistd.pid``."""
+
+    def test_daemonize_and_stop_by_pid(self) -> None:
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        port = free_port()
+        status = subprocess.run(
+            [*twistd_command(), "chatd", "--port", str(port)], cwd=workdir, timeout=DEADLINE, capture_output=True
+        )
+        self.assertEqual(status.returncode, 0, status.stderr)
+        pidfile = os.path.join(workdir, "twistd.pid")
+        wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), "twistd.pid")
+        with open(pidfile) as handle:
+            pid = int(handle.read().strip())
+
+        def alive() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+
+        self.addCleanup(lambda: alive() and os.kill(pid, signal.SIGKILL))
+        wait_for(lambda: _answers_help(port), "the daemon to answer")
+        self.assertTrue(os.path.exists(os.path.join(workdir, "twistd.log")))
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not alive(), "the daemon to exit")
+        wait_for(lambda: not os.path.exists(pidfile), "twistd.pid to be removed")
+
+
+def _answers_help(port: int) -> bool:
+    try:
+        client = LinesClient(port)
+    except OSError:
+        time.sleep(0.1)
+        return False
+    try:
+        client.send("help")
+        return client.receive()["response"] == "info"
+    finally:
+        client.close()

@@ -134,3 +134,84 @@ def _answers_help(port: int) -> bool:
         return client.receive()["response"] == "info"
     finally:
         client.close()
+
+
+def client_command() -> list[str]:
+    """The installed ``chatd-client`` of this environment."""
+    import sys
+
+    script = os.path.join(os.path.dirname(sys.executable), "chatd-client")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "chatd.client"]
+
+
+class ClientEndToEndTests(SynchronousTestCase):
+    """``chatd-client`` with piped standard input against a real server."""
+
+    def setUp(self) -> None:
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        self.server = ServerProcess(workdir).start()
+        self.addCleanup(self.server.kill)
+
+    def run_client(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, NO_COLOR="1")
+        return subprocess.run(
+            [*client_command(), "--port", str(self.server.port), *args],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            env=env,
+        )
+
+    def test_piped_script(self) -> None:
+        result = self.run_client("/login bob\nhello\n/names\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], "* Login successful. You are now logged in as bob")
+        self.assertRegex(lines[1], r"^\[\d\d:\d\d:\d\d\] bob: hello$")
+        self.assertEqual(lines[2], "* bob")
+        self.assertEqual(result.stderr, "")
+
+    def test_chat_with_a_classic_client(self) -> None:
+        classic = ClassicClient(self.server.port)
+        self.addCleanup(classic.close)
+        classic.send("login", "old")
+        classic.receive()
+        classic.receive()
+        classic.send("msg", "before you came \x1b[2J")
+        classic.receive()
+        result = self.run_client("hi old timer\n/quit\n", "--name", "new")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], "* Login successful. You are now logged in as new")
+        self.assertTrue(lines[1].endswith("old: before you came [2J"), lines)
+        self.assertTrue(lines[2].endswith("new: hi old timer"), lines)
+        self.assertNotIn("\x1b", result.stdout)
+        seen = classic.receive()
+        self.assertEqual((seen["sender"], seen["content"]), ("new", "hi old timer"))
+
+    def test_escape_sequence_from_another_user_is_not_printed(self) -> None:
+        classic = LinesClient(self.server.port)
+        self.addCleanup(classic.close)
+        classic.send("login", "mallory")
+        classic.receive()
+        classic.receive()
+        # Control characters are stripped by the server; the client must
+        # also hold if a server does not: check the bytes it prints.
+        classic.send("msg", "clear \x1b[2J screen")
+        classic.receive()
+        result = self.run_client("", "--name", "victim")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("mallory: clear [2J screen", result.stdout)
+        self.assertNotIn("\x1b", result.stdout)
+
+    def test_refused_connection(self) -> None:
+        port = free_port()
+        result = subprocess.run(
+            [*client_command(), "--port", str(port), "--name", "bob"],
+            input="", capture_output=True, text=True, timeout=DEADLINE,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout.strip(), f"! cannot connect to 127.0.0.1:{port}: connection refused")
+        self.assertNotIn("Traceback", result.stderr)

@@ -1,0 +1,476 @@
+"""``chatd-client``: the terminal client.
+
+The reactor does both directions: :class:`ChatClientProtocol` (a
+``LineReceiver``) talks to the server, :class:`UserInput` reads what the
+user types through ``twisted.internet.stdio``, and :class:`ChatSession`
+ties them together: it sends requests, prints responses through the
+:class:`~chatd.parser.MessageParser`, reconnects with backoff after a
+lost connection and logs in again under the same name, skipping messages
+it has already shown.
+
+Run as ``chatd-client`` or ``python -m chatd.client``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable, TextIO
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import Protocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from chatd.parser import COMMANDS, ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, parse_input
+
+#: Seconds to wait for replies after standard input ends.
+DRAIN_QUIET = 1.0
+#: ... but never longer than this in all.
+DRAIN_MAX = 5.0
+
+_COLOURS = {MESSAGE: "", INFO: "\x1b[36m", ERROR: "\x1b[31m", NOTICE: "\x1b[33m"}
+_PREFIX = {MESSAGE: "", INFO: "* ", ERROR: "! ", NOTICE: "- "}
+
+
+class Printer:
+    """Writes :class:`Line` objects to a text stream, coloured on a terminal."""
+
+    def __init__(self, stream: TextIO, colour: bool) -> None:
+        self.stream = stream
+        self.colour = colour
+
+    @classmethod
+    def for_stdout(cls) -> Printer:
+        """Colour only when stdout is a terminal and ``NO_COLOR`` is unset."""
+        colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        return cls(sys.stdout, colour)
+
+    def show(self, line: Line) -> None:
+        """Print one line (its text is already terminal-safe)."""
+        text = _PREFIX[line.kind] + line.text
+        if self.colour and _COLOURS[line.kind]:
+            text = f"{_COLOURS[line.kind]}{text}\x1b[0m"
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def raw(self, data: bytes) -> None:
+        """Print a response as received (``--raw``), made terminal-safe."""
+        from chatd.parser import safe
+
+        self.stream.write(safe(data.decode("utf-8", "replace")) + "\n")
+        self.stream.flush()
+
+
+class ChatClientProtocol(LineReceiver):
+    """The connection to the server: requests out, one response per line in."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024 * 1024  # a long v1 history is one large line
+
+    def __init__(self, session: ChatSession) -> None:
+        self.session = session
+
+    def connectionMade(self) -> None:
+        self.session.connected(self)
+
+    def lineReceived(self, line: bytes) -> None:
+        self.session.line_received(line.rstrip(b"\r"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.session.printer.show(Line(ERROR, "the server sent a response too large to read"))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        self.session.disconnected(self, reason)
+
+    def send_request(self, request: str, content: Any = None) -> None:
+        """Send one request."""
+        self.transport.write(encode_request(request, content))
+
+
+class ChatSession:
+    """The client's state: name, connection, reconnects, what was shown.
+
+    ``connect`` opens a new connection and returns a Deferred that fires
+    once it is made (with the protocol) or fails.  ``done`` fires with the
+    exit status.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        connect: Callable[[ChatSession], defer.Deferred[Any]],
+        printer: Printer,
+        name: str | None = None,
+        raw: bool = False,
+        max_retries: int = 8,
+        max_delay: float = 30.0,
+        describe: str = "the server",
+    ) -> None:
+        self.clock = clock
+        self._connect = connect
+        self.printer = printer
+        self.name = name
+        self.raw = raw
+        self.max_retries = max_retries
+        self.max_delay = max_delay
+        self.describe = describe
+        self.parser = MessageParser()
+        self.protocol: ChatClientProtocol | None = None
+        self.done: defer.Deferred[int] = defer.Deferred()
+        self.last_id = 0  # newest message id shown: anything older is a repeat
+        self._pending_name: str | None = None
+        self._ever_connected = False
+        self._retries = 0
+        self._quitting = False
+        self._awaiting_logout = False
+        self._input_ended = False
+        self._drain_timer: Any = None
+        self._drain_deadline: Any = None
+        self._queued: list[tuple[str, Any]] = []
+
+    # -- connection ----------------------------------------------------
+
+    def start(self) -> defer.Deferred[int]:
+        """Connect; ``done`` fires with the exit status."""
+        self._attempt()
+        return self.done
+
+    def _attempt(self) -> None:
+        attempt = self._connect(self)
+        attempt.addErrback(self._connect_failed)
+
+    def _connect_failed(self, reason: Failure) -> None:
+        if not self._ever_connected:
+            self.show(ERROR, f"cannot connect to {self.describe}: {_reason_text(reason)}")
+            self._finish(1)
+            return
+        self._schedule_reconnect()
+
+    def connected(self, protocol: ChatClientProtocol) -> None:
+        """A connection is made: log in (again) if we have a name."""
+        self.protocol = protocol
+        if self._ever_connected:
+            self.show(NOTICE, f"reconnected to {self.describe}")
+        self._ever_connected = True
+        self._retries = 0
+        if self.name is not None:
+            self._send("login", self.name)
+        for request, content in self._queued:
+            self._send(request, content)
+        self._queued.clear()
+        if self._quitting:
+            self.quit()
+        elif self._input_ended:
+            self._start_draining()
+
+    def disconnected(self, protocol: ChatClientProtocol, reason: Failure) -> None:
+        """The connection is gone: finish, or reconnect with backoff."""
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        if self._quitting or self._input_ended:
+            self._finish(0)
+            return
+        if _is_tls_failure(reason):
+            self.show(ERROR, f"TLS failed with {self.describe}: {_reason_text(reason)}")
+            self._finish(1)
+            return
+        if self.name is None:
+            self.show(ERROR, "connection to the server lost")
+            self._finish(1)
+            return
+        self.show(ERROR, "connection to the server lost")
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._retries >= self.max_retries:
+            self.show(ERROR, f"giving up after {self._retries} attempts to reconnect")
+            self._finish(1)
+            return
+        delay = min(self.max_delay, 2.0**self._retries)
+        self._retries += 1
+        self.show(NOTICE, f"reconnecting in {delay:g} s (attempt {self._retries} of {self.max_retries})")
+        self.clock.callLater(delay, self._attempt)
+
+    # -- server responses ----------------------------------------------
+
+    def line_received(self, line: bytes) -> None:
+        """One response from the server."""
+        if self.raw:
+            self.printer.raw(line)
+        try:
+            response = json.loads(line)
+        except (ValueError, RecursionError):
+            response = None
+        if isinstance(response, dict):
+            self._track(response)
+            lines = self._parse_new(response)
+        else:
+            lines = self.parser.parse(line)
+        if not self.raw:
+            for printed in lines:
+                self.printer.show(printed)
+        self._restart_drain_timer()
+
+    def _track(self, response: dict[str, Any]) -> None:
+        kind = response.get("response")
+        content = response.get("content")
+        if kind == "info" and self._awaiting_logout and content == "Logout successful":
+            self._awaiting_logout = False
+            self.clock.callLater(0, self._drained)  # after this line is printed
+        if kind == "info" and isinstance(content, str) and self._pending_name is not None:
+            if content.startswith("Login successful"):
+                self.name = self._pending_name
+                self._pending_name = None
+            elif content.startswith("Logout successful"):
+                self.name = None
+                self._pending_name = None
+        elif kind == "error" and response.get("code") in ("invalid_username", "name_taken", "already_logged_in"):
+            self._pending_name = None
+
+    def _parse_new(self, response: dict[str, Any]) -> list[Line]:
+        """Parse, leaving out messages already shown (after a reconnect)."""
+        kind = response.get("response")
+        if kind == "message":
+            return self.parser.parse_response(response) if self._is_new(response) else []
+        if kind == "history" and isinstance(response.get("content"), list):
+            fresh = []
+            for entry in response["content"]:
+                message = _entry(entry)
+                if message is None or self._is_new(message):
+                    fresh.append(entry)
+            return self.parser.parse_history(dict(response, content=fresh))
+        return self.parser.parse_response(response)
+
+    def _is_new(self, message: dict[str, Any]) -> bool:
+        message_id = message.get("id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            return True  # a server without ids: show everything
+        if message_id <= self.last_id:
+            return False
+        self.last_id = message_id
+        return True
+
+    # -- user input ------------------------------------------------------
+
+    def user_line(self, text: str) -> None:
+        """One line typed by the user."""
+        command = parse_input(text)
+        if command.action == "quit":
+            self.quit()
+        elif command.action == "error":
+            self.show(ERROR, command.content)
+        elif command.action == "request":
+            self._request(command)
+
+    def _request(self, command: Command) -> None:
+        if command.request == "login":
+            self._pending_name = command.content
+        elif command.request == "logout":
+            self._pending_name = self.name
+        if self.protocol is None:
+            if command.request == "login":
+                self.name = None  # the reconnect logs in with this name instead
+            self._queued.append((command.request, command.content))
+            return
+        self._send(command.request, command.content)
+
+    def _send(self, request: str, content: Any) -> None:
+        assert self.protocol is not None
+        if request == "login":
+            self._pending_name = content
+        self.protocol.send_request(request, content)
+
+    def quit(self) -> None:
+        """``/quit``: log out, show the replies still due, close, exit 0."""
+        self._quitting = True
+        if self.protocol is None:
+            if self._ever_connected:
+                self._finish(0)
+            # Otherwise connected() quits once the lines before it are sent.
+            return
+        if self.name is not None or self._pending_name is not None:
+            # Replies come in order: "Logout successful" is the last one due.
+            self.protocol.send_request("logout")
+            self._awaiting_logout = True
+        self._input_ended = True
+        self._start_draining()
+
+    def input_ended(self) -> None:
+        """Standard input is closed: wait for replies still due, then exit."""
+        if self._input_ended or self.done.called:
+            return
+        self._input_ended = True
+        if self.protocol is not None:
+            self._start_draining()
+        # Otherwise the connection is still to be made: connected() starts
+        # draining once the queued lines are sent.
+
+    def _start_draining(self) -> None:
+        if self._drain_deadline is None:
+            self._drain_deadline = self.clock.callLater(DRAIN_MAX, self._drained)
+        self._restart_drain_timer()
+
+    def _restart_drain_timer(self) -> None:
+        if not self._input_ended or self.done.called:
+            return
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = self.clock.callLater(DRAIN_QUIET, self._drained)
+
+    def _drained(self) -> None:
+        for timer in (self._drain_timer, self._drain_deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self.protocol is not None:
+            self.protocol.transport.loseConnection()
+        else:
+            self._finish(0)
+
+    # -- helpers ---------------------------------------------------------
+
+    def show(self, kind: str, text: str) -> None:
+        """Print a line of the client's own."""
+        self.printer.show(Line(kind, text))
+
+    def _finish(self, status: int) -> None:
+        if not self.done.called:
+            self.done.callback(status)
+
+
+def _entry(entry: Any) -> dict[str, Any] | None:
+    if isinstance(entry, str):
+        try:
+            entry = json.loads(entry)
+        except ValueError:
+            return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _is_tls_failure(reason: Failure) -> bool:
+    try:
+        from OpenSSL.SSL import Error as SSLError
+    except ImportError:  # pragma: no cover - pyOpenSSL comes with twisted[tls]
+        return False
+    return reason.check(SSLError) is not None
+
+
+def _reason_text(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, error.ConnectionRefusedError):
+        return "connection refused"
+    if _is_tls_failure(reason):
+        return f"certificate not accepted ({_tls_detail(value)})"
+    text = str(value).strip() or type(value).__name__
+    return text.splitlines()[0]
+
+
+def _tls_detail(value: Any) -> str:
+    details = [item for args in getattr(value, "args", ()) for item in (args if isinstance(args, list) else [args])]
+    return "; ".join(str(part[-1] if isinstance(part, tuple) else part) for part in details) or "handshake failed"
+
+
+class UserInput(LineReceiver):
+    """Standard input, line by line, handed to the session."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024 * 1024
+
+    def __init__(self, session: ChatSession) -> None:
+        self.session = session
+
+    def lineReceived(self, line: bytes) -> None:
+        self.session.user_line(line.decode("utf-8", "replace"))
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        if self._buffer:
+            self.lineReceived(self._buffer)  # a last line without newline
+            self._buffer = b""
+        self.session.input_ended()
+
+
+class ClientOptions(usage.Options):
+    """Command-line options of ``chatd-client``."""
+
+    synopsis = "[options]"
+    longdesc = f"Chat with a chatd server. Type a message and Enter to send it; commands: {COMMANDS}."
+    optParameters = [
+        ["host", None, "127.0.0.1", "Server host name or address."],
+        ["port", None, 9998, "Server port.", int],
+        ["name", None, None, "Log in with this name on connect."],
+        ["cafile", None, None, "With --tls: trust this CA certificate (PEM) instead of the system's."],
+    ]
+    optFlags = [
+        ["tls", None, "Connect with TLS, verifying the server's certificate and host name."],
+        ["raw", None, "Print responses as received (JSON), for debugging."],
+    ]
+
+
+def make_endpoint(reactor: Any, options: ClientOptions) -> Any:
+    """The endpoint for ``--host``/``--port``, wrapped in TLS with ``--tls``."""
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+    endpoint = HostnameEndpoint(reactor, options["host"], options["port"])
+    if not options["tls"]:
+        return endpoint
+    from twisted.internet import ssl
+
+    trust: Any = None
+    if options["cafile"]:
+        with open(options["cafile"], "rb") as handle:
+            trust = ssl.Certificate.loadPEM(handle.read())
+    tls_options = ssl.optionsForClientTLS(options["host"], trustRoot=trust)
+    return wrapClientTLS(tls_options, endpoint)
+
+
+def main(reactor: Any, *argv: str) -> defer.Deferred[None]:
+    """Run the client until it quits; fails with SystemExit on exit status 1."""
+    from twisted.internet import stdio
+    from twisted.internet.endpoints import connectProtocol
+
+    options = ClientOptions()
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as problem:
+        sys.stderr.write(f"chatd-client: {problem}\n{options}")
+        raise SystemExit(2)
+    try:
+        endpoint = make_endpoint(reactor, options)
+    except OSError as problem:
+        sys.stderr.write(f"chatd-client: cannot read --cafile: {problem}\n")
+        raise SystemExit(2)
+
+    def connect(session: ChatSession) -> defer.Deferred[Any]:
+        return connectProtocol(endpoint, ChatClientProtocol(session))
+
+    session = ChatSession(
+        reactor,
+        connect,
+        Printer.for_stdout(),
+        name=options["name"],
+        raw=options["raw"],
+        describe=f"{options['host']}:{options['port']}",
+    )
+    stdio.StandardIO(UserInput(session), reactor=reactor)
+    finished = session.start()
+
+    def exit_with(status: int) -> None:
+        if status:
+            raise SystemExit(status)
+
+    return finished.addCallback(exit_with)
+
+
+def run() -> None:
+    """Console entry point ``chatd-client``."""
+    from twisted.internet import task
+
+    task.react(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    run()

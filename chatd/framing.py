@@ -408,6 +408,10 @@ class LinesOutput:
     def stop(self) -> None:
         """Forget anything queued (the connection is gone)."""
 
+    def take_queue(self) -> list[bytes]:
+        """Nothing is ever queued in lines framing."""
+        return []
+
 
 class ClassicOutput:
     """Classic framing: bare objects, one per write, at least ``pace`` apart.
@@ -446,6 +450,12 @@ class ClassicOutput:
             self._drained.append(action)
         else:
             action()
+
+    def take_queue(self) -> list[bytes]:
+        """Hand over the responses still queued and stop (framing changes)."""
+        queued = list(self._queue)
+        self.stop()
+        return queued
 
     def stop(self) -> None:
         """Drop the queue and cancel the pacing timer."""

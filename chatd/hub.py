@@ -3,6 +3,12 @@
 It validates logins and messages, stores each accepted message in the
 history store *before* anyone receives it, then fans it out: the message
 is encoded once and the same bytes go to every member of the room.
+
+Accepted messages are batched: the first one of a reactor turn schedules
+a flush (``callLater(0)``), which commits the whole batch in one
+transaction and only then delivers it.  Connections that posted wait for
+that flush before handling their next request (:meth:`Hub.after_flush`),
+so each connection still sees its responses in request order.
 Nothing here is module-level: a test may build as many hubs as it likes.
 """
 
@@ -12,7 +18,9 @@ import re
 from typing import Any, Protocol
 
 from chatd import messages
-from chatd.history import HistoryStore, StoredMessage
+from twisted.logger import Logger
+
+from chatd.history import HistoryError, HistoryStore, StoredMessage
 from chatd.messages import ChatError
 
 LOBBY = "#lobby"
@@ -30,6 +38,12 @@ class Member(Protocol):
     def deliver(self, message: StoredMessage) -> None:
         """Send an accepted message to this member."""
 
+    def deliver_own(self, message: StoredMessage, ref: Any) -> None:
+        """Send this member's own message back, carrying its request's ``ref``."""
+
+    def message_failed(self, message: StoredMessage, ref: Any) -> None:
+        """This member's message could not be stored."""
+
 
 def clean_text(text: str) -> str:
     """Remove control characters other than newline and tab."""
@@ -39,12 +53,17 @@ def clean_text(text: str) -> str:
 class Hub:
     """User registry, the room ``#lobby``, and message fan-out."""
 
+    log = Logger()
+
     def __init__(self, clock: Any, history: HistoryStore, max_message: int = 2000) -> None:
         self.clock = clock
         self.history = history
         self.max_message = max_message
         # Keyed by the lower-cased name; dict order is login order.
         self._members: dict[str, Member] = {}
+        self._batch: list[tuple[StoredMessage, Member, Any]] = []
+        self._after_flush: list[Any] = []
+        self._flush_call: Any = None
 
     def now(self) -> str:
         """The reactor's current time as a protocol timestamp."""
@@ -79,11 +98,15 @@ class Hub:
         return member.name is not None and self._members.get(member.name.lower()) is member
 
     def recent(self, limit: int | None) -> list[StoredMessage]:
-        """The newest ``limit`` messages of the lobby, oldest first."""
+        """The newest ``limit`` stored messages of the lobby, oldest first."""
         return self.history.recent(LOBBY, limit)
 
-    def post(self, member: Member, text: str) -> StoredMessage:
-        """Validate, store, then deliver ``text`` from ``member`` to everyone."""
+    def page(self, before: int | None, after: int | None, limit: int) -> tuple[list[StoredMessage], bool]:
+        """A page of the lobby's history (see :meth:`HistoryStore.page`)."""
+        return self.history.page(LOBBY, before=before, after=after, limit=limit)
+
+    def post(self, member: Member, text: str, ref: Any = None) -> StoredMessage:
+        """Validate ``text`` from ``member`` and queue it to be stored, then delivered."""
         assert member.name is not None
         text = clean_text(text)
         if not text.strip():
@@ -94,7 +117,44 @@ class Hub:
                 f"Message too long: {len(text)} characters, the limit is {self.max_message}.",
             )
         message = self.history.append(LOBBY, member.name, text, self.now())
+        self._batch.append((message, member, ref))
+        self._schedule_flush()
+        return message
+
+    def after_flush(self, action: Any) -> None:
+        """Run ``action`` after the pending batch is stored and delivered."""
+        if not self._batch:
+            action()
+            return
+        self._after_flush.append(action)
+
+    def flush(self) -> None:
+        """Store the pending batch in one transaction, then deliver it."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        batch, self._batch = self._batch, []
+        actions, self._after_flush = self._after_flush, []
+        try:
+            self.history.commit()
+        except HistoryError as problem:
+            self.log.error("could not store {count} messages: {problem}", count=len(batch), problem=str(problem))
+            for message, origin, ref in batch:
+                origin.message_failed(message, ref)
+        else:
+            for message, origin, ref in batch:
+                self._fan_out(message, origin, ref)
+        for action in actions:
+            action()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def _fan_out(self, message: StoredMessage, origin: Member, ref: Any) -> None:
         # A member may drop out while we deliver: iterate over a snapshot.
         for recipient in list(self._members.values()):
-            recipient.deliver(message)
-        return message
+            if recipient is origin and ref is not None:
+                recipient.deliver_own(message, ref)
+            else:
+                recipient.deliver(message)

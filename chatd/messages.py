@@ -24,6 +24,7 @@ EMPTY_MESSAGE = "empty_message"
 MESSAGE_TOO_LONG = "message_too_long"
 RATE_LIMITED = "rate_limited"
 SERVER_BUSY = "server_busy"
+NO_SUCH_ROOM = "no_such_room"
 
 SERVER_SENDER = "server"
 
@@ -35,7 +36,11 @@ HELP_TEXT = (
     "msg <text> - send a message to everyone in the room; "
     "names - list the users logged in; "
     "help - show this text. "
-    "For logout, names and help the content is ignored."
+    "For logout, names and help the content is ignored. "
+    "Protocol 2 (opt in with hello {\"protocol\": 2}): "
+    "ping <any> - answered with pong; "
+    "history {\"before\"|\"after\": id, \"limit\": n} - a page of history; "
+    "any request may carry \"ref\", echoed in its responses."
 )
 
 _encoder = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "))

@@ -9,14 +9,16 @@ protocol knows nothing about other connections: the hub calls
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
-from chatd import messages
+from chatd import __version__, messages
 from chatd.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
-from chatd.history import StoredMessage
+from chatd.history import MAX_PAGE, StoredMessage
+from chatd.hub import LOBBY
 from chatd.messages import ChatError
 
 if TYPE_CHECKING:
@@ -26,11 +28,21 @@ if TYPE_CHECKING:
 CLASSIC_READ_SIZE = 4096
 
 #: Requests a connection may make before it logs in.
-PRE_LOGIN = frozenset({"login", "help"})
+PRE_LOGIN = frozenset({"login", "help", "hello", "ping"})
 
-#: The content type a request must carry, where it is not ignored.
-#: ``login`` checks its own content (``invalid_username``).
-CONTENT_TYPES: dict[str, type] = {"msg": str}
+#: The content type a request must carry, where it is not ignored; a
+#: wrong type is ``bad_request``.  ``login`` checks its own content
+#: (``invalid_username``).
+CONTENT_TYPES: dict[str, tuple[type, ...]] = {
+    "msg": (str,),
+    "hello": (dict,),
+    "history": (dict, type(None)),
+}
+
+#: What ``hello`` announces (PROTOCOL.md section 5).
+FEATURES = ["ping", "history", "ref"]
+PROTOCOL_VERSION = 2
+MAX_REF_LENGTH = 128
 
 
 def trimmed_history(payloads: list[bytes], timestamp: str, limit: int) -> list[str]:
@@ -65,12 +77,16 @@ class ChatProtocol(LineReceiver):
     name: str | None = None
     output: LinesOutput | ClassicOutput | None = None
     closing = False
+    version = 1  # 2 once the client sent hello
     _login_timer: Any = None
+    _ref: Any = None  # the ref of the request being handled
+    _waiting_for_store = False  # a msg of ours is in the hub's pending batch
 
     def connectionMade(self) -> None:
         config = self.factory.config
         self.MAX_LENGTH = config.max_request
         self.decoder = StreamDecoder(config.max_request)
+        self._events: deque[Decoded] = deque()
         if config.framing != "auto":
             self._use_framing(config.framing)
         self._start_login_timer()
@@ -90,12 +106,20 @@ class ChatProtocol(LineReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        for event in self.decoder.feed(data):
-            if self.output is None:
-                self._use_framing(LINES if event.newline_follows else CLASSIC)
-            self._handle_event(event)
-            if self.closing:
-                return
+        events = self.decoder.feed(data)
+        if events and self.output is None:
+            self._use_framing(LINES if events[0].newline_follows else CLASSIC)
+        self._events.extend(events)
+        self._process_events()
+
+    def _process_events(self) -> None:
+        """Handle queued requests in order, pausing while a msg is being stored."""
+        while self._events and not self._waiting_for_store and not self.closing:
+            self._handle_event(self._events.popleft())
+
+    def _store_done(self) -> None:
+        self._waiting_for_store = False
+        self._process_events()
 
     def _handle_event(self, event: Decoded) -> None:
         if event.error == messages.TOO_LONG:
@@ -126,18 +150,29 @@ class ChatProtocol(LineReceiver):
                 f"Unknown request {_quote(kind)}. Send {{\"request\": \"help\"}} for the list.",
             )
             return
-        content = request.get("content")
-        expected = CONTENT_TYPES.get(kind)
-        if expected is not None and not isinstance(content, expected):
-            self.send_error(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be a string.")
+        ref = request.get("ref")
+        if ref is not None and not _valid_ref(ref):
+            self.send_error(
+                messages.BAD_REQUEST, f"Bad request: 'ref' must be a string of up to {MAX_REF_LENGTH} characters or an integer."
+            )
             return
-        if self.name is None and kind not in PRE_LOGIN:
-            self.send_error(messages.NOT_LOGGED_IN, "You are not logged in. Log in first.")
-            return
+        self._ref = ref
         try:
-            handler(content)
-        except ChatError as failure:
-            self.send_error(failure.code, failure.text)
+            content = request.get("content")
+            expected = CONTENT_TYPES.get(kind)
+            if expected is not None and not isinstance(content, expected):
+                wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
+                self.send_error(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be {wanted}.")
+                return
+            if self.name is None and kind not in PRE_LOGIN:
+                self.send_error(messages.NOT_LOGGED_IN, "You are not logged in. Log in first.")
+                return
+            try:
+                handler(content)
+            except ChatError as failure:
+                self.send_error(failure.code, failure.text)
+        finally:
+            self._ref = None
 
     # -- requests --------------------------------------------------------
 
@@ -161,8 +196,15 @@ class ChatProtocol(LineReceiver):
         self._start_login_timer()
 
     def request_msg(self, content: str) -> None:
-        """``msg``: the hub stores the message, then sends it to everyone."""
-        self.factory.hub.post(self, content)
+        """``msg``: the hub stores the message, then sends it to everyone.
+
+        Further requests wait until it is stored and sent, so their
+        responses come after the echo.
+        """
+        hub = self.factory.hub
+        hub.post(self, content, self._ref)
+        self._waiting_for_store = True
+        hub.after_flush(self._store_done)
 
     def request_names(self, content: Any) -> None:
         """``names``: the logged-in users in login order."""
@@ -171,6 +213,44 @@ class ChatProtocol(LineReceiver):
     def request_help(self, content: Any) -> None:
         """``help``: every request and its content."""
         self.send_info(messages.HELP_TEXT)
+
+    def request_hello(self, content: dict[str, Any]) -> None:
+        """``hello`` (v2): switch to lines framing and object-form history."""
+        protocol = content.get("protocol")
+        if not isinstance(protocol, int) or isinstance(protocol, bool) or protocol < PROTOCOL_VERSION:
+            raise ChatError(messages.BAD_REQUEST, "Bad request: hello needs \"protocol\": 2 or higher.")
+        self.version = PROTOCOL_VERSION
+        self._use_framing(LINES)
+        config = self.factory.config
+        history_on_login = config.history_on_login
+        limits = {
+            "max_request": config.max_request,
+            "max_message": self.factory.hub.max_message,
+            "history_page": MAX_PAGE,
+            "history_on_login": "all" if history_on_login is None else history_on_login,
+        }
+        content = {"protocol": PROTOCOL_VERSION, "server": f"chatd/{__version__}", "features": FEATURES, "limits": limits}
+        self.send_response(messages.response("hello", content, self.factory.hub.now()))
+
+    def request_ping(self, content: Any) -> None:
+        """``ping`` (v2): ``pong`` echoing the content."""
+        self.send_response(messages.response("pong", content, self.factory.hub.now()))
+
+    def request_history(self, content: dict[str, Any] | None) -> None:
+        """``history`` (v2): a page before or after an id, oldest first, with ``more``."""
+        query = content or {}
+        room = query.get("room", LOBBY)
+        if not isinstance(room, str):
+            raise ChatError(messages.BAD_REQUEST, "Bad request: 'room' must be a string.")
+        if room.lower() != LOBBY:
+            raise ChatError(messages.NO_SUCH_ROOM, f"No such room: {_quote(room)}.")
+        before, after = _id_field(query, "before"), _id_field(query, "after")
+        if before is not None and after is not None:
+            raise ChatError(messages.BAD_REQUEST, "Bad request: give 'before' or 'after', not both.")
+        limit = _id_field(query, "limit")
+        found, more = self.factory.hub.page(before, after, DEFAULT_PAGE if limit is None else limit)
+        history = self._history_content(found)
+        self.send_response(messages.response("history", history, self.factory.hub.now(), more=more))
 
     # -- output ----------------------------------------------------------
 
@@ -182,7 +262,9 @@ class ChatProtocol(LineReceiver):
         self.output.send(line)
 
     def send_response(self, response: dict[str, Any]) -> None:
-        """Encode and send one response."""
+        """Encode and send one response (with the request's ``ref``, if any)."""
+        if self._ref is not None:
+            response["ref"] = self._ref
         self.sendLine(messages.encode(response))
 
     def send_error(self, code: str, text: str) -> None:
@@ -199,6 +281,22 @@ class ChatProtocol(LineReceiver):
             return
         self.output.send(message.payload, message.line)
 
+    def deliver_own(self, message: StoredMessage, ref: Any) -> None:
+        """Fan-out of our own message: the echo carries our request's ``ref``."""
+        if self.output is None or self.closing:
+            return
+        self.output.send(messages.encode(message.as_response(ref=ref)))
+
+    def message_failed(self, message: StoredMessage, ref: Any) -> None:
+        """The hub could not store our message: tell the sender."""
+        if self.closing:
+            return
+        self._ref = ref
+        try:
+            self.send_error(messages.SERVER_BUSY, "Your message could not be stored; please send it again.")
+        finally:
+            self._ref = None
+
     def close_after_output(self) -> None:
         """Stop reading, write what is queued, then close."""
         self.closing = True
@@ -210,21 +308,35 @@ class ChatProtocol(LineReceiver):
     def _send_login_history(self) -> None:
         config = self.factory.config
         hub = self.factory.hub
-        payloads = [message.payload for message in hub.recent(config.history_on_login)]
+        found = hub.recent(config.history_on_login)
         timestamp = hub.now()
-        if self.output is not None and self.output.name == CLASSIC:
-            content = trimmed_history(payloads, timestamp, CLASSIC_READ_SIZE)
+        content: list[Any]
+        if self.version == 1 and self.output is not None and self.output.name == CLASSIC:
+            content = trimmed_history([message.payload for message in found], timestamp, CLASSIC_READ_SIZE)
         else:
-            content = [payload.decode("ascii") for payload in payloads]
+            content = self._history_content(found)
         self.send_response(messages.response("history", content, timestamp))
 
+    def _history_content(self, found: list[StoredMessage]) -> list[Any]:
+        """History entries: JSON strings for v1, message objects for v2."""
+        if self.version == 1:
+            return [message.payload.decode("ascii") for message in found]
+        return [message.as_response() for message in found]
+
     def _use_framing(self, framing: str) -> None:
+        if self.output is not None and self.output.name == framing:
+            return
         write = self.transport.write
+        previous = self.output
         if framing == CLASSIC:
             config = self.factory.config
             self.output = ClassicOutput(write, self.factory.clock, config.pace)
         else:
             self.output = LinesOutput(write)
+        if previous is not None:
+            # Responses still waiting for their classic pace go first.
+            for payload in previous.take_queue():
+                self.output.send(payload)
 
     # -- login timeout -------------------------------------------------
 
@@ -244,6 +356,28 @@ class ChatProtocol(LineReceiver):
         self.log.info("closing {peer}: not logged in within the login timeout", peer=_peer(self))
         self.closing = True
         self.transport.loseConnection()
+
+
+_TYPE_NAMES = {str: "a string", dict: "an object", type(None): "null"}
+
+#: Page size of a ``history`` request without ``limit``.
+DEFAULT_PAGE = 100
+
+
+def _valid_ref(ref: Any) -> bool:
+    if isinstance(ref, str):
+        return len(ref) <= MAX_REF_LENGTH
+    return isinstance(ref, int) and not isinstance(ref, bool)
+
+
+def _id_field(query: dict[str, Any], key: str) -> int | None:
+    """An optional non-negative integer field of a ``history`` request."""
+    value = query.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ChatError(messages.BAD_REQUEST, f"Bad request: '{key}' must be a whole number, 0 or more.")
+    return value
 
 
 def _quote(text: str) -> str:

@@ -7,15 +7,16 @@ one listening service per endpoint into a ``MultiService``.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
 from twisted.application import service, strports
 from twisted.python import usage
 
-from chatd.history import MemoryHistory
+from chatd.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
 from chatd.hub import Hub
-from chatd.server import ChatFactory, ServerConfig
+from chatd.server import ChatFactory, HistoryService, ServerConfig
 
 DEFAULT_PORT = 9998
 
@@ -64,6 +65,23 @@ def _framing(value: str) -> str:
     return value
 
 
+def _history_kind(value: str) -> str:
+    if value not in ("sqlite", "memory"):
+        raise usage.UsageError("--history must be sqlite or memory")
+    return value
+
+
+def _retention(value: str) -> Retention:
+    try:
+        return Retention.parse(value)
+    except ValueError as problem:
+        raise usage.UsageError(f"--history-retention: {problem}") from None
+
+
+#: The database file under the data directory.
+DATABASE_NAME = "chatd.sqlite3"
+
+
 def port_to_endpoint(port: str) -> str:
     """``--port``: a bare number means ``tcp:N``; anything else is an endpoint."""
     return f"tcp:{port}" if port.isdigit() else port
@@ -98,6 +116,19 @@ class Options(usage.Options):
             "Seconds a connection may stay without logging in (0: no limit).",
             _non_negative("login-timeout", "seconds"),
         ],
+        ["history", None, "sqlite", "Where history is kept: sqlite (durable, the default) or memory.", _history_kind],
+        ["data-dir", None, ".", f"Directory of the history database ({DATABASE_NAME})."],
+        [
+            "history-retention",
+            None,
+            None,
+            "Keep at most this many messages per room (e.g. 100000), or this many days (e.g. 30d) [default: all].",
+            _retention,
+        ],
+    ]
+
+    optFlags = [
+        ["fsync", None, "Sync every history commit to disk (survives a power cut; slower)."],
     ]
 
     def __init__(self) -> None:
@@ -125,6 +156,25 @@ class Options(usage.Options):
         )
 
 
+def open_history(options: Options) -> HistoryStore:
+    """The history store the options ask for.
+
+    The SQLite database is opened here, so that a bad path or a corrupt
+    file stops ``twistd`` with one clear line before it daemonizes; it is
+    closed again and reopened by the service once running.
+    """
+    if options["history"] == "memory":
+        return MemoryHistory()
+    data_dir = os.path.abspath(options["data-dir"])
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        store = SQLiteHistory(os.path.join(data_dir, DATABASE_NAME), fsync=options["fsync"])
+    except (OSError, HistoryError) as problem:
+        raise SystemExit(f"chatd: {problem}") from None
+    store.close()
+    return store
+
+
 class ChatService(service.MultiService):
     """The top of chatd's service tree.
 
@@ -150,9 +200,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    hub = Hub(reactor, MemoryHistory(), max_message=options["max-message"])
+    hub = Hub(reactor, open_history(options), max_message=options["max-message"])
     factory = ChatFactory(hub, options.config(), reactor)
     top = ChatService(reactor)
+    HistoryService(hub, options["history-retention"] or Retention(), reactor).setServiceParent(top)
     for endpoint in options["endpoints"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.setServiceParent(top)

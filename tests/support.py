@@ -67,8 +67,9 @@ class FakeClient:
         self.protocol.makeConnection(self.transport)
 
     def send_raw(self, data: bytes) -> None:
-        """Deliver ``data`` as one received chunk."""
+        """Deliver ``data`` as one received chunk (and let the hub flush)."""
         self.protocol.dataReceived(data)
+        self.protocol.factory.clock.advance(0)
 
     def send(self, request: str, content: Any = None, **extra: Any) -> None:
         """Send one request object."""

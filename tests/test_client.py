@@ -58,6 +58,7 @@ class Harness:
         for _ in range(5):
             for pump in self.pumps:
                 pump.flush(advanceClock=False)
+            self.clock.advance(0)  # the hub's flush of accepted messages
 
     def type(self, *lines: str) -> None:
         for line in lines:

@@ -136,43 +136,46 @@ class ChatProtocol(LineReceiver):
         self.close_after_output()
 
     def handle_request(self, request: dict[str, Any]) -> None:
-        """Check a decoded request and dispatch it to ``request_<type>``."""
-        kind = request.get("request")
-        if not isinstance(kind, str):
-            self.send_error(messages.BAD_REQUEST, "Bad request: the 'request' key must be a string.")
-            return
-        # Like twisted.words' irc_<COMMAND>: the prefix keeps any string
-        # from reaching attributes other than request handlers.
-        handler = getattr(self, "request_" + kind, None)
-        if handler is None:
-            self.send_error(
-                messages.UNKNOWN_REQUEST,
-                f"Unknown request {_quote(kind)}. Send {{\"request\": \"help\"}} for the list.",
-            )
-            return
+        """Check a decoded request and dispatch it to ``request_<type>``.
+
+        Every response sent while handling it carries its ``ref``.
+        """
         ref = request.get("ref")
         if ref is not None and not _valid_ref(ref):
             self.send_error(
-                messages.BAD_REQUEST, f"Bad request: 'ref' must be a string of up to {MAX_REF_LENGTH} characters or an integer."
+                messages.BAD_REQUEST,
+                f"Bad request: 'ref' must be a string of up to {MAX_REF_LENGTH} characters or an integer.",
             )
             return
         self._ref = ref
         try:
-            content = request.get("content")
-            expected = CONTENT_TYPES.get(kind)
-            if expected is not None and not isinstance(content, expected):
-                wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
-                self.send_error(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be {wanted}.")
-                return
-            if self.name is None and kind not in PRE_LOGIN:
-                self.send_error(messages.NOT_LOGGED_IN, "You are not logged in. Log in first.")
-                return
-            try:
-                handler(content)
-            except ChatError as failure:
-                self.send_error(failure.code, failure.text)
+            self._dispatch(request)
+        except ChatError as failure:
+            self.send_error(failure.code, failure.text)
         finally:
             self._ref = None
+
+    def _dispatch(self, request: dict[str, Any]) -> None:
+        """The checks of PROTOCOL.md section 2, in order, then the handler."""
+        kind = request.get("request")
+        if not isinstance(kind, str):
+            raise ChatError(messages.BAD_REQUEST, "Bad request: the 'request' key must be a string.")
+        # Like twisted.words' irc_<COMMAND>: the prefix keeps any string
+        # from reaching attributes other than request handlers.
+        handler = getattr(self, "request_" + kind, None)
+        if handler is None:
+            raise ChatError(
+                messages.UNKNOWN_REQUEST,
+                f"Unknown request {_quote(kind)}. Send {{\"request\": \"help\"}} for the list.",
+            )
+        content = request.get("content")
+        expected = CONTENT_TYPES.get(kind)
+        if expected is not None and not isinstance(content, expected):
+            wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
+            raise ChatError(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be {wanted}.")
+        if self.name is None and kind not in PRE_LOGIN:
+            raise ChatError(messages.NOT_LOGGED_IN, "You are not logged in. Log in first.")
+        handler(content)
 
     # -- requests --------------------------------------------------------
 

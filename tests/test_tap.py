@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.application.service import IServiceMaker
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -160,3 +160,85 @@ class ExitStatusTests(SynchronousTestCase):
         service.startService()
         service.stopService()
         self.assertEqual(reactor._exitSignal, signal.SIGHUP)  # type: ignore[attr-defined]
+
+
+class HistoryOptionTests(SynchronousTestCase):
+    def data_dir(self) -> str:
+        import os
+
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    def start(self, *args: str) -> tuple[object, MemoryReactorClock]:
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--port", "7001", *args), reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return reactor.tcpServers[0][1], reactor
+
+    def test_sqlite_is_the_default(self) -> None:
+        import os
+
+        from chatd.history import SQLiteHistory
+
+        directory = self.data_dir()
+        factory, _ = self.start("--data-dir", directory)
+        self.assertIsInstance(factory.hub.history, SQLiteHistory)
+        self.assertTrue(os.path.exists(os.path.join(directory, "chatd.sqlite3")))
+
+    def test_default_data_dir_is_the_working_directory(self) -> None:
+        self.assertEqual(parse()["data-dir"], ".")
+
+    def test_memory(self) -> None:
+        from chatd.history import MemoryHistory
+
+        factory, _ = self.start("--history", "memory")
+        self.assertIsInstance(factory.hub.history, MemoryHistory)
+
+    def test_missing_data_dir_is_created(self) -> None:
+        import os
+
+        directory = os.path.join(self.data_dir(), "a", "b")
+        self.start("--data-dir", directory)
+        self.assertTrue(os.path.exists(os.path.join(directory, "chatd.sqlite3")))
+
+    def test_corrupt_database_stops_with_a_clear_line(self) -> None:
+        import os
+
+        directory = self.data_dir()
+        with open(os.path.join(directory, "chatd.sqlite3"), "wb") as handle:
+            handle.write(b"garbage" * 1000)
+        error = self.assertRaises(SystemExit, makeService, parse("--data-dir", directory), MemoryReactor())
+        self.assertIn("not a database", str(error.code))
+        self.assertTrue(str(error.code).startswith("chatd: "))
+
+    def test_restart_keeps_history(self) -> None:
+        directory = self.data_dir()
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--port", "7001", "--data-dir", directory), reactor=reactor)
+        service.startService()
+        hub = reactor.tcpServers[0][1].hub
+        for text in ("one", "two"):
+            hub.history.append("#lobby", "bob", text, hub.now())
+        service.stopService()  # commits what is pending, closes the store
+        factory, _ = self.start("--data-dir", directory)
+        self.assertEqual([m.text for m in factory.hub.recent(None)], ["one", "two"])
+        self.assertEqual(factory.hub.history.append("#lobby", "bob", "three", "t").id, 3)
+
+    def test_retention_prunes_on_a_timer(self) -> None:
+        factory, reactor = self.start("--history", "memory", "--history-retention", "2")
+        hub = factory.hub
+        for text in ("a", "b", "c", "d"):
+            hub.history.append("#lobby", "bob", text, hub.now())
+        hub.history.commit()
+        reactor.advance(600)
+        self.assertEqual([m.text for m in hub.recent(None)], ["c", "d"])
+
+    def test_bad_history_options(self) -> None:
+        for args in (["--history", "redis"], ["--history-retention", "forever"], ["--history-retention", "0"]):
+            self.assertRaises(usage.UsageError, parse, *args)
+
+    def test_fsync_flag(self) -> None:
+        factory, _ = self.start("--data-dir", self.data_dir(), "--fsync")
+        self.assertTrue(factory.hub.history.fsync)

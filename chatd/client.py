@@ -24,12 +24,18 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from chatd import __version__
 from chatd.parser import COMMANDS, ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, parse_input
 
-#: Seconds to wait for replies after standard input ends.
+#: Seconds to wait for replies after standard input ends (v1 servers;
+#: with v2 a ping tells exactly when every reply is in).
 DRAIN_QUIET = 1.0
 #: ... but never longer than this in all.
 DRAIN_MAX = 5.0
+
+#: ``ref`` values of the client's own bookkeeping requests.
+RESUME_REF = "chatd-client:resume"
+DRAIN_REF = "chatd-client:drain"
 
 _COLOURS = {MESSAGE: "", INFO: "\x1b[36m", ERROR: "\x1b[31m", NOTICE: "\x1b[33m"}
 _PREFIX = {MESSAGE: "", INFO: "* ", ERROR: "! ", NOTICE: "- "}
@@ -86,9 +92,9 @@ class ChatClientProtocol(LineReceiver):
     def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
         self.session.disconnected(self, reason)
 
-    def send_request(self, request: str, content: Any = None) -> None:
+    def send_request(self, request: str, content: Any = None, **extra: Any) -> None:
         """Send one request."""
-        self.transport.write(encode_request(request, content))
+        self.transport.write(encode_request(request, content, **extra))
 
 
 class ChatSession:
@@ -131,6 +137,10 @@ class ChatSession:
         self._drain_timer: Any = None
         self._drain_deadline: Any = None
         self._queued: list[tuple[str, Any]] = []
+        self.v2 = False
+        self._awaiting_hello = False
+        self._resuming = False
+        self._resume_buffer = []
 
     # -- connection ----------------------------------------------------
 
@@ -151,12 +161,18 @@ class ChatSession:
         self._schedule_reconnect()
 
     def connected(self, protocol: ChatClientProtocol) -> None:
-        """A connection is made: log in (again) if we have a name."""
+        """A connection is made: offer v2, log in (again) if we have a name."""
         self.protocol = protocol
         if self._ever_connected:
             self.show(NOTICE, f"reconnected to {self.describe}")
         self._ever_connected = True
         self._retries = 0
+        # The first response answers hello: "hello" from a v2 server, an
+        # error from a v1 one (responses come in request order).
+        self.v2 = False
+        self._awaiting_hello = True
+        self._resuming = False
+        protocol.send_request("hello", {"protocol": 2, "client": f"chatd-client/{__version__}"})
         if self.name is not None:
             self._send("login", self.name)
         for request, content in self._queued:
@@ -207,14 +223,72 @@ class ChatSession:
         except (ValueError, RecursionError):
             response = None
         if isinstance(response, dict):
+            if self._awaiting_hello:
+                self._awaiting_hello = False
+                if self._hello_answered(response):
+                    return
             self._track(response)
-            lines = self._parse_new(response)
+            lines = self._handle(response)
         else:
             lines = self.parser.parse(line)
+        self._print(lines)
+        self._restart_drain_timer()
+
+    def _print(self, lines: list[Line]) -> None:
         if not self.raw:
             for printed in lines:
                 self.printer.show(printed)
-        self._restart_drain_timer()
+
+    def _hello_answered(self, response: dict[str, Any]) -> bool:
+        """Handle the answer to hello; True if there is nothing more to do."""
+        if response.get("response") == "hello":
+            self.v2 = True
+            if self.last_id:
+                # Back after a lost connection: fetch exactly what was
+                # missed; the login history would leave gaps past its size.
+                self._resuming = True
+                self._resume_buffer: list[dict[str, Any]] = []
+                self._request_missed()
+            return True
+        # A v1 server: it answered hello with an error; carry on in v1.
+        return response.get("response") == "error"
+
+    def _request_missed(self) -> None:
+        assert self.protocol is not None
+        self.protocol.send_request("history", {"after": self.last_id, "limit": 500}, ref=RESUME_REF)
+
+    def _handle(self, response: dict[str, Any]) -> list[Line]:
+        """Lines to print for a response, resuming and de-duplicating."""
+        kind = response.get("response")
+        ref = response.get("ref")
+        if ref == DRAIN_REF and kind == "pong":
+            self.clock.callLater(0, self._drained)
+            return []
+        if ref == RESUME_REF:
+            return self._resume_page(response)
+        if self._resuming:
+            if kind == "history" and ref is None:
+                return []  # the login history: the resume pages replace it
+            if kind == "message":
+                self._resume_buffer.append(response)
+                return []
+        return self._parse_new(response)
+
+    def _resume_page(self, response: dict[str, Any]) -> list[Line]:
+        lines: list[Line] = []
+        more = False
+        if response.get("response") == "history":
+            lines = self._parse_new(response)
+            more = response.get("more") is True and bool(response.get("content"))
+        if more:
+            self._request_missed()
+            return lines
+        # Caught up: now the live messages that came meanwhile.
+        self._resuming = False
+        for message in self._resume_buffer:
+            lines.extend(self._parse_new(message))
+        self._resume_buffer = []
+        return lines
 
     def _track(self, response: dict[str, Any]) -> None:
         kind = response.get("response")
@@ -230,6 +304,8 @@ class ChatSession:
                 self.name = None
                 self._pending_name = None
         elif kind == "error" and response.get("code") in ("invalid_username", "name_taken", "already_logged_in"):
+            if response.get("code") != "already_logged_in":
+                self.name = None  # not logged in on this connection
             self._pending_name = None
 
     def _parse_new(self, response: dict[str, Any]) -> list[Line]:
@@ -313,10 +389,14 @@ class ChatSession:
     def _start_draining(self) -> None:
         if self._drain_deadline is None:
             self._drain_deadline = self.clock.callLater(DRAIN_MAX, self._drained)
+        if self.v2 and self.protocol is not None:
+            # Exact: the pong comes after every reply still due.
+            self.protocol.send_request("ping", None, ref=DRAIN_REF)
+            return
         self._restart_drain_timer()
 
     def _restart_drain_timer(self) -> None:
-        if not self._input_ended or self.done.called:
+        if not self._input_ended or self.done.called or self.v2:
             return
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()

@@ -103,8 +103,9 @@ class LinesClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
         self.reader = self.sock.makefile("rb")
 
-    def send(self, request: str, content: Any = None) -> None:
-        self.sock.sendall(json.dumps({"request": request, "content": content}).encode() + b"\n")
+    def send(self, request: str, content: Any = None, **extra: Any) -> None:
+        obj = {"request": request, "content": content, **extra}
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
 
     def receive(self) -> dict[str, Any]:
         line = self.reader.readline()

@@ -11,6 +11,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.client import DRAIN_MAX, ChatClientProtocol, ChatSession, Printer, UserInput
+from chatd.protocol import ChatProtocol
 from chatd.server import ChatFactory
 
 from tests.support import FakeClient, make_factory
@@ -183,9 +184,7 @@ class ClientConversationTests(SynchronousTestCase):
         client.session.input_ended()
         self.assertEqual(client.status, [])
         client.pump()
-        self.assertEqual(client.status, [])
-        self.clock.advance(1.0)
-        client.pump()
+        # v2: a ping after the last line; its pong says every reply is in.
         self.assertEqual(client.status, [0])
         lines = client.lines()
         self.assertEqual(lines[0], "* Login successful. You are now logged in as bob")
@@ -214,6 +213,108 @@ class ClientConversationTests(SynchronousTestCase):
         lines = client.lines()
         self.assertEqual(lines[-1], "* bob")
         self.assertEqual(client.status, [0])
+
+
+class V1Protocol(ChatProtocol):
+    """A server that knows nothing of protocol 2."""
+
+    request_hello = None
+    request_ping = None
+    request_history = None
+
+
+def v1_factory() -> ChatFactory:
+    factory = make_factory()
+    factory.protocol = V1Protocol
+    return factory
+
+
+class V1ServerTests(SynchronousTestCase):
+    """Against a v1-only server the client falls back to v1."""
+
+    def setUp(self) -> None:
+        self.factory = v1_factory()
+        self.clock = self.factory.clock
+
+    def test_falls_back_and_chats(self) -> None:
+        client = Harness(self.factory, name="bob")
+        client.type("hi")
+        lines = client.lines()
+        self.assertEqual(lines[0], "* Login successful. You are now logged in as bob")
+        self.assertTrue(lines[1].endswith("bob: hi"))
+        self.assertFalse(client.session.v2)
+
+    def test_input_end_uses_the_quiet_period(self) -> None:
+        client = Harness(self.factory)
+        client.session.user_line("/login bob")
+        client.session.user_line("hello")
+        client.session.input_ended()
+        client.pump()
+        self.assertEqual(client.status, [])
+        self.clock.advance(1.0)
+        client.pump()
+        self.assertEqual(client.status, [0])
+        self.assertTrue(client.lines()[1].endswith("bob: hello"))
+
+    def test_reconnect_without_repeats(self) -> None:
+        alice = Harness(self.factory, name="alice")
+        bob = FakeClient(self.factory)
+        bob.login("bob")
+        bob.send("msg", "one")
+        alice.pump()
+        alice.drop()
+        bob.send("msg", "two")
+        self.clock.advance(1.0)
+        alice.pump()
+        messages = [line.split("] ", 1)[1] for line in alice.lines() if line.startswith("[")]
+        self.assertEqual(messages, ["bob: one", "bob: two"])
+
+
+class ResumeTests(SynchronousTestCase):
+    """v2 resume: after a reconnect, exactly the missed messages, in order."""
+
+    def test_no_gaps_past_the_login_history(self) -> None:
+        factory = make_factory(history_on_login=5)
+        clock = factory.clock
+        alice = Harness(factory, name="alice")
+        bob = FakeClient(factory)
+        bob.login("bob")
+        bob.send("msg", "m1")
+        alice.pump()
+        alice.drop()
+        for i in range(2, 702):  # more than one page of 500
+            bob.send("msg", f"m{i}")
+        clock.advance(1.0)  # reconnect; the resume requests go out
+        # A live message arrives while alice is still paging.
+        alice.pumps[-1].flush(advanceClock=False)
+        bob.send("msg", "live")
+        alice.pump()
+        bob.send("msg", "after")
+        alice.pump()
+        messages = [line.split("] ", 1)[1] for line in alice.lines() if line.startswith("[")]
+        expected = [f"bob: m{i}" for i in range(1, 702)] + ["bob: live", "bob: after"]
+        self.assertEqual(messages, expected)
+        self.assertFalse(alice.session._resuming)
+
+    def test_resume_fails_gracefully_when_login_fails(self) -> None:
+        factory = make_factory()
+        clock = factory.clock
+        alice = Harness(factory, name="alice")
+        bob = FakeClient(factory)
+        bob.login("bob")
+        bob.send("msg", "m1")
+        alice.pump()
+        alice.drop()
+        thief = FakeClient(factory)
+        thief.login("alice")
+        bob.send("msg", "m2")
+        clock.advance(1.0)
+        alice.pump()
+        lines = alice.lines()
+        self.assertIn("! Username 'alice' is taken.", lines)
+        self.assertIsNone(alice.session.name)
+        self.assertFalse(alice.session._resuming)
+        self.assertFalse([line for line in lines if "m2" in line])
 
 
 class ClientConnectionTests(SynchronousTestCase):

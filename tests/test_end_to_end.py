@@ -215,3 +215,72 @@ class ClientEndToEndTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stdout.strip(), f"! cannot connect to 127.0.0.1:{port}: connection refused")
         self.assertNotIn("Traceback", result.stderr)
+
+
+class DurabilityEndToEndTests(SynchronousTestCase):
+    """History survives SIGKILL; v2 paging and resume over TCP."""
+
+    def setUp(self) -> None:
+        self.workdir = self.mktemp()
+        os.makedirs(self.workdir)
+
+    def start(self) -> ServerProcess:
+        server = ServerProcess(self.workdir).start()
+        self.addCleanup(server.kill)
+        return server
+
+    def v2_login(self, port: int, name: str) -> tuple[LinesClient, list[dict[str, object]]]:
+        client = LinesClient(port)
+        self.addCleanup(client.close)
+        client.send("hello", {"protocol": 2, "client": "test"})
+        self.assertEqual(client.receive()["response"], "hello")
+        client.send("login", name)
+        self.assertEqual(client.receive()["response"], "info")
+        history = client.receive()
+        return client, history["content"]
+
+    def test_kill_9_loses_nothing_that_was_seen(self) -> None:
+        server = self.start()
+        client, _ = self.v2_login(server.port, "bob")
+        sent = [f"message {i}" for i in range(50)]
+        for text in sent:
+            client.send("msg", text)
+        echoes = [client.receive() for _ in sent]
+        self.assertEqual([echo["content"] for echo in echoes], sent)
+        self.assertEqual(server.stop(signal.SIGKILL), -signal.SIGKILL)
+
+        server = self.start()
+        _, history = self.v2_login(server.port, "alice")
+        self.assertEqual([m["content"] for m in history], sent)
+        self.assertEqual([m["id"] for m in history], [echo["id"] for echo in echoes])
+        self.assertEqual([m["timestamp"] for m in history], [echo["timestamp"] for echo in echoes])
+        client, _ = self.v2_login(server.port, "carol")
+        client.send("msg", "after the restart")
+        self.assertEqual(client.receive()["id"], echoes[-1]["id"] + 1)
+
+    def test_paging_and_resume(self) -> None:
+        server = self.start()
+        reader, _ = self.v2_login(server.port, "reader")
+        writer, _ = self.v2_login(server.port, "writer")
+        writer.send("msg", "seen")
+        last_seen = reader.receive()["id"]
+        writer.receive()
+        reader.close()
+        for i in range(120):
+            writer.send("msg", f"missed {i}")
+            writer.receive()
+        # The reader comes back and asks for what it missed, page by page.
+        reader, _ = self.v2_login(server.port, "reader")
+        missed: list[str] = []
+        after, more = last_seen, True
+        while more:
+            reader.send("history", {"after": after, "limit": 50}, ref="resume")
+            page = reader.receive()
+            self.assertEqual(page["ref"], "resume")
+            missed.extend(m["content"] for m in page["content"])
+            after, more = page["content"][-1]["id"], page["more"]
+        self.assertEqual(missed, [f"missed {i}" for i in range(120)])
+        reader.send("history", {"before": last_seen + 1, "limit": 1})
+        self.assertEqual([m["content"] for m in reader.receive()["content"]], ["seen"])
+        reader.send("ping", 42)
+        self.assertEqual(reader.receive()["content"], 42)

@@ -44,6 +44,10 @@ FEATURES = ["ping", "history", "ref"]
 PROTOCOL_VERSION = 2
 MAX_REF_LENGTH = 128
 
+#: Messages one connection may add to one batch (one reactor turn); the
+#: rest wait for the next turn, which bounds the work done in one turn.
+MAX_BATCH_PER_CONNECTION = 32
+
 
 def trimmed_history(payloads: list[bytes], timestamp: str, limit: int) -> list[str]:
     """The newest of ``payloads`` whose v1 ``history`` response fits ``limit`` bytes."""
@@ -80,7 +84,13 @@ class ChatProtocol(LineReceiver):
     version = 1  # 2 once the client sent hello
     _login_timer: Any = None
     _ref: Any = None  # the ref of the request being handled
-    _waiting_for_store = False  # a msg of ours is in the hub's pending batch
+    # Ordering while our messages wait in the hub's batch (see
+    # _process_events): _waiting_for_store is set while one does; _held
+    # keeps direct responses made meanwhile, to be sent after the echoes.
+    _waiting_for_store = False
+    _held: list[bytes] | None = None
+    _batched = 0  # our messages in the pending batch
+    _reading_paused = False
 
     def connectionMade(self) -> None:
         config = self.factory.config
@@ -113,13 +123,35 @@ class ChatProtocol(LineReceiver):
         self._process_events()
 
     def _process_events(self) -> None:
-        """Handle queued requests in order, pausing while a msg is being stored."""
-        while self._events and not self._waiting_for_store and not self.closing:
+        """Handle queued requests in order.
+
+        While a msg of ours waits to be stored, further msg requests join
+        the same batch (one transaction for a burst), but anything that
+        would answer directly waits until our echoes are out: each
+        connection sees its responses in request order.
+        """
+        while self._events and not self.closing and self._held is None:
+            if self._waiting_for_store and (
+                not _is_msg(self._events[0]) or self._batched >= MAX_BATCH_PER_CONNECTION
+            ):
+                break
             self._handle_event(self._events.popleft())
+        # Requests wait for the next reactor turn: stop reading meanwhile,
+        # so a flood is spread over turns instead of stalling one.
+        if self._events and not self.closing and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
 
     def _store_done(self) -> None:
         self._waiting_for_store = False
+        self._batched = 0
+        held, self._held = self._held, None
+        for payload in held or ():
+            self.sendLine(payload)
         self._process_events()
+        if not self._events and self._reading_paused and not self.closing:
+            self._reading_paused = False
+            self.transport.resumeProducing()
 
     def _handle_event(self, event: Decoded) -> None:
         if event.error == messages.TOO_LONG:
@@ -206,8 +238,10 @@ class ChatProtocol(LineReceiver):
         """
         hub = self.factory.hub
         hub.post(self, content, self._ref)
-        self._waiting_for_store = True
-        hub.after_flush(self._store_done)
+        self._batched += 1
+        if not self._waiting_for_store:
+            self._waiting_for_store = True
+            hub.after_flush(self._store_done)
 
     def request_names(self, content: Any) -> None:
         """``names``: the logged-in users in login order."""
@@ -268,7 +302,15 @@ class ChatProtocol(LineReceiver):
         """Encode and send one response (with the request's ``ref``, if any)."""
         if self._ref is not None:
             response["ref"] = self._ref
-        self.sendLine(messages.encode(response))
+        payload = messages.encode(response)
+        if self._waiting_for_store:
+            # Our earlier msg is not echoed yet: this waits for it, and so
+            # does everything after it (_process_events stops).
+            if self._held is None:
+                self._held = []
+            self._held.append(payload)
+            return
+        self.sendLine(payload)
 
     def send_error(self, code: str, text: str) -> None:
         """Send an ``error`` response with its ``code``."""
@@ -365,6 +407,10 @@ _TYPE_NAMES = {str: "a string", dict: "an object", type(None): "null"}
 
 #: Page size of a ``history`` request without ``limit``.
 DEFAULT_PAGE = 100
+
+
+def _is_msg(event: Decoded) -> bool:
+    return event.request is not None and event.request.get("request") == "msg"
 
 
 def _valid_ref(ref: Any) -> bool:

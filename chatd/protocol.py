@@ -18,6 +18,7 @@ from twisted.protocols.basic import LineReceiver
 from chatd import __version__, messages
 from chatd.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
 from chatd.history import MAX_PAGE, StoredMessage
+from chatd.limits import FloodMeter, SendQueueMeter, TokenBucket
 from chatd.hub import LOBBY
 from chatd.messages import ChatError
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 #: Classic clients read 4096 bytes per response (``sock.recv(4096)``).
 CLASSIC_READ_SIZE = 4096
+
+#: Twisted's FileDescriptor.bufferSize, for transports that do not say.
+DEFAULT_BUFFER_SIZE = 64 * 1024
 
 #: Requests a connection may make before it logs in.
 PRE_LOGIN = frozenset({"login", "help", "hello", "ping"})
@@ -82,6 +86,7 @@ class ChatProtocol(LineReceiver):
     output: LinesOutput | ClassicOutput | None = None
     closing = False
     version = 1  # 2 once the client sent hello
+    peer_host: str | None = None  # counted against the caps while set
     _login_timer: Any = None
     _ref: Any = None  # the ref of the request being handled
     # Ordering while our messages wait in the hub's batch (see
@@ -97,12 +102,21 @@ class ChatProtocol(LineReceiver):
         self.MAX_LENGTH = config.max_request
         self.decoder = StreamDecoder(config.max_request)
         self._events: deque[Decoded] = deque()
+        clock = self.factory.clock
+        self.rate = TokenBucket(clock, config.msg_rate, config.msg_burst)
+        # Rejections are forgiven at the allowed rate: sending at several
+        # times the rate fills this within seconds, and then we hang up.
+        self.flood = FloodMeter(clock, config.msg_rate, 2 * config.msg_burst)
+        self.sendq = SendQueueMeter(getattr(self.transport, "bufferSize", DEFAULT_BUFFER_SIZE))
+        self.transport.registerProducer(self.sendq, True)
         if config.framing != "auto":
             self._use_framing(config.framing)
         self._start_login_timer()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connection_closed(self)
         self._cancel_login_timer()
+        self._cancel_idle_timer()
         if self.output is not None:
             self.output.stop()
         if self.name is not None:
@@ -116,6 +130,8 @@ class ChatProtocol(LineReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        if self._idle_timer is not None:
+            self._idle_timer.reset(self.factory.config.idle_timeout)
         events = self.decoder.feed(data)
         if events and self.output is None:
             self._use_framing(LINES if events[0].newline_follows else CLASSIC)
@@ -218,6 +234,7 @@ class ChatProtocol(LineReceiver):
             raise ChatError(messages.ALREADY_LOGGED_IN, f"You are already logged in as {self.name}.")
         self.name = hub.login(self, content)
         self._cancel_login_timer()
+        self._start_idle_timer()
         self.log.info("{user} logged in from {peer}", user=self.name, peer=_peer(self))
         self.send_info(f"Login successful. You are now logged in as {self.name}")
         self._send_login_history()
@@ -228,6 +245,7 @@ class ChatProtocol(LineReceiver):
         self.log.info("{user} logged out", user=self.name)
         self.name = None
         self.send_info("Logout successful")
+        self._cancel_idle_timer()
         self._start_login_timer()
 
     def request_msg(self, content: str) -> None:
@@ -236,8 +254,16 @@ class ChatProtocol(LineReceiver):
         Further requests wait until it is stored and sent, so their
         responses come after the echo.
         """
+        if not self.rate.available():
+            if self.flood.reject():
+                self.log.info("closing {peer} ({user}): flooding", peer=_peer(self), user=self.name)
+                self.send_error(messages.RATE_LIMITED, "Flooding: you keep sending far too fast. Closing the connection.")
+                self.close_after_output()
+                return
+            raise ChatError(messages.RATE_LIMITED, "Slow down: you are sending messages too fast.")
         hub = self.factory.hub
         hub.post(self, content, self._ref)
+        self.rate.take()
         self._batched += 1
         if not self._waiting_for_store:
             self._waiting_for_store = True
@@ -297,6 +323,7 @@ class ChatProtocol(LineReceiver):
             self._use_framing(LINES)
         assert self.output is not None
         self.output.send(line)
+        self._check_sendq()
 
     def send_response(self, response: dict[str, Any]) -> None:
         """Encode and send one response (with the request's ``ref``, if any)."""
@@ -325,12 +352,14 @@ class ChatProtocol(LineReceiver):
         if self.output is None or self.closing:
             return
         self.output.send(message.payload, message.line)
+        self._check_sendq()
 
     def deliver_own(self, message: StoredMessage, ref: Any) -> None:
         """Fan-out of our own message: the echo carries our request's ``ref``."""
         if self.output is None or self.closing:
             return
         self.output.send(messages.encode(message.as_response(ref=ref)))
+        self._check_sendq()
 
     def message_failed(self, message: StoredMessage, ref: Any) -> None:
         """The hub could not store our message: tell the sender."""
@@ -368,10 +397,34 @@ class ChatProtocol(LineReceiver):
             return [message.payload.decode("ascii") for message in found]
         return [message.as_response() for message in found]
 
+    def _write(self, data: bytes) -> None:
+        """Every byte to the client goes through here (for the send queue)."""
+        self.transport.write(data)
+        self.sendq.wrote(len(data))
+
+    def unsent_bytes(self) -> int:
+        """Output held by the server: the transport's buffer and the pacing queue."""
+        queued = self.output.queued_bytes if self.output is not None else 0
+        return self.sendq.unsent + queued
+
+    def _check_sendq(self) -> None:
+        limit = self.factory.config.max_sendq
+        if limit and not self.closing and self.unsent_bytes() > limit:
+            # A slow reader: drop it now rather than buffer without end;
+            # nothing more can reach it anyway.
+            self.log.info(
+                "closing {peer} ({user}): over {limit} bytes of output unsent", peer=_peer(self), user=self.name, limit=limit
+            )
+            self.factory.sendq_drops += 1
+            self.closing = True
+            if self.output is not None:
+                self.output.stop()
+            self.transport.abortConnection()
+
     def _use_framing(self, framing: str) -> None:
         if self.output is not None and self.output.name == framing:
             return
-        write = self.transport.write
+        write = self._write
         previous = self.output
         if framing == CLASSIC:
             config = self.factory.config
@@ -395,6 +448,27 @@ class ChatProtocol(LineReceiver):
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
+
+    # -- idle timeout (logged-in users) --------------------------------
+
+    _idle_timer: Any = None
+
+    def _start_idle_timer(self) -> None:
+        timeout = self.factory.config.idle_timeout
+        if timeout > 0:
+            self._idle_timer = self.factory.clock.callLater(timeout, self._idle_timed_out)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        timeout = self.factory.config.idle_timeout
+        self.log.info("closing {peer} ({user}): idle for {timeout} s", peer=_peer(self), user=self.name, timeout=timeout)
+        self.send_info(f"Idle for {timeout:g} seconds: closing the connection.")
+        self.close_after_output()
 
     def _login_timed_out(self) -> None:
         self._login_timer = None

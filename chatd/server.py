@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from chatd import messages
 from chatd.history import HistoryError, Retention
 from chatd.hub import Hub
 from chatd.protocol import ChatProtocol
@@ -30,17 +31,68 @@ class ServerConfig:
     history_on_login: int | None = 100  # None: all
     max_request: int = 16384  # bytes in one request
     login_timeout: float = 60.0  # seconds; 0 turns it off
+    idle_timeout: float = 0.0  # seconds a logged-in user may send nothing; 0: off
+    msg_rate: float = 10.0  # messages per second per connection; 0: no limit
+    msg_burst: float = 20.0  # messages a connection may send at once
+    max_sendq: int = 1024 * 1024  # bytes of unsent output before a connection is dropped
+    max_per_ip: int = 20  # connections from one address; 0: no limit
+    max_connections: int = 10000  # connections in all; 0: no limit
+
+
+class BusyProtocol(Protocol):
+    """Answers ``server_busy`` (one JSON object and a newline), then closes."""
+
+    def __init__(self, clock: Any, text: str) -> None:
+        self.clock = clock
+        self.text = text
+
+    def connectionMade(self) -> None:
+        response = messages.error(messages.SERVER_BUSY, self.text, messages.format_timestamp(self.clock.seconds()))
+        self.transport.write(messages.encode(response) + b"\n")
+        self.transport.loseConnection()
 
 
 class ChatFactory(ServerFactory):
-    """Builds chat connections that share one hub."""
+    """Builds chat connections that share one hub, within connection caps."""
 
     protocol = ChatProtocol
+    log = Logger()
 
     def __init__(self, hub: Hub, config: ServerConfig, clock: Any) -> None:
         self.hub = hub
         self.config = config
         self.clock = clock
+        self.connections = 0
+        self.per_ip: dict[str, int] = {}
+        self.sendq_drops = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        host = str(getattr(addr, "host", "local"))
+        config = self.config
+        if config.max_connections and self.connections >= config.max_connections:
+            self.log.warn("refusing {host}: {count} connections open", host=host, count=self.connections)
+            return BusyProtocol(self.clock, "The server is full. Try again later.")
+        if config.max_per_ip and self.per_ip.get(host, 0) >= config.max_per_ip:
+            self.log.warn("refusing {host}: too many connections from it", host=host)
+            return BusyProtocol(self.clock, "Too many connections from your address.")
+        protocol = super().buildProtocol(addr)
+        assert protocol is not None
+        protocol.peer_host = host
+        self.connections += 1
+        self.per_ip[host] = self.per_ip.get(host, 0) + 1
+        return protocol
+
+    def connection_closed(self, protocol: ChatProtocol) -> None:
+        """A chat connection ended: it no longer counts against the caps."""
+        host, protocol.peer_host = protocol.peer_host, None
+        if host is None:
+            return  # not counted, or already uncounted
+        self.connections -= 1
+        left = self.per_ip.get(host, 1) - 1
+        if left > 0:
+            self.per_ip[host] = left
+        else:
+            self.per_ip.pop(host, None)
 
 
 class HistoryService(Service):

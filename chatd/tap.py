@@ -47,6 +47,19 @@ def _non_negative(name: str, unit: str) -> Any:
     return convert
 
 
+def _non_negative_int(name: str) -> Any:
+    def convert(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
+        if number < 0:
+            raise usage.UsageError(f"--{name} cannot be negative")
+        return number
+
+    return convert
+
+
 def _history_count(value: str) -> int | None:
     if value == "all":
         return None
@@ -116,6 +129,18 @@ class Options(usage.Options):
             "Seconds a connection may stay without logging in (0: no limit).",
             _non_negative("login-timeout", "seconds"),
         ],
+        [
+            "idle-timeout",
+            None,
+            0.0,
+            "Seconds a logged-in user may send nothing before being disconnected (0: no limit).",
+            _non_negative("idle-timeout", "seconds"),
+        ],
+        ["msg-rate", None, 10.0, "Messages per second one connection may send (0: no limit).", _non_negative("msg-rate", "messages per second")],
+        ["msg-burst", None, 20, "Messages one connection may send at once before the rate applies.", _positive_int("msg-burst")],
+        ["max-sendq", None, 1048576, "Bytes of unsent output after which a slow reader is disconnected (0: no limit).", _non_negative_int("max-sendq")],
+        ["max-per-ip", None, 20, "Connections from one address (0: no limit; loopback is not exempt).", _non_negative_int("max-per-ip")],
+        ["max-connections", None, 10000, "Connections in all (0: no limit).", _non_negative_int("max-connections")],
         ["history", None, "sqlite", "Where history is kept: sqlite (durable, the default) or memory.", _history_kind],
         ["data-dir", None, ".", f"Directory of the history database ({DATABASE_NAME})."],
         [
@@ -153,6 +178,12 @@ class Options(usage.Options):
             history_on_login=self["history-on-login"],
             max_request=self["max-request"],
             login_timeout=self["login-timeout"],
+            idle_timeout=self["idle-timeout"],
+            msg_rate=self["msg-rate"],
+            msg_burst=self["msg-burst"],
+            max_sendq=self["max-sendq"],
+            max_per_ip=self["max-per-ip"],
+            max_connections=self["max-connections"],
         )
 
 

@@ -225,7 +225,7 @@ class DurabilityEndToEndTests(SynchronousTestCase):
         os.makedirs(self.workdir)
 
     def start(self) -> ServerProcess:
-        server = ServerProcess(self.workdir).start()
+        server = ServerProcess(self.workdir, "--msg-rate", "0").start()
         self.addCleanup(server.kill)
         return server
 

@@ -1,0 +1,108 @@
+"""Per-connection limits that need a little state: rate and send queue.
+
+Both read time from the reactor clock they are given, so tests drive
+them with ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TokenBucket:
+    """A token bucket: ``burst`` tokens, refilled at ``rate`` per second.
+
+    ``rate`` 0 means no limit.
+    """
+
+    def __init__(self, clock: Any, rate: float, burst: float) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._updated = clock.seconds()
+
+    @property
+    def unlimited(self) -> bool:
+        """Whether this bucket limits nothing."""
+        return self.rate <= 0
+
+    def available(self) -> bool:
+        """Whether a token is there to take (takes none)."""
+        if self.unlimited:
+            return True
+        self._refill()
+        return self._tokens >= 1
+
+    def take(self) -> None:
+        """Take one token (call after :meth:`available` said yes)."""
+        if not self.unlimited:
+            self._refill()
+            self._tokens -= 1
+
+    def _refill(self) -> None:
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+
+class FloodMeter:
+    """Counts rate-limit rejections, forgiving them at ``rate`` per second.
+
+    A client over the rate by a little never reaches ``limit``; one that
+    keeps sending at several times the rate does, within seconds.
+    """
+
+    def __init__(self, clock: Any, rate: float, limit: float) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.limit = limit
+        self._level = 0.0
+        self._updated = clock.seconds()
+
+    def reject(self) -> bool:
+        """Record one rejection; True when the flood limit is passed."""
+        now = self.clock.seconds()
+        self._level = max(0.0, self._level - (now - self._updated) * self.rate) + 1
+        self._updated = now
+        return self._level > self.limit
+
+
+class SendQueueMeter:
+    """How much output a connection holds unsent, from the producer API.
+
+    The transport calls ``pauseProducing`` when its buffer passes its
+    ``bufferSize`` and ``resumeProducing`` when the buffer is empty
+    again.  While paused, the unsent output is at most the buffer size at
+    the pause plus everything written since: that is :attr:`unsent`.
+    The kernel's socket buffer is not counted (the transport cannot see it).
+    """
+
+    def __init__(self, buffer_size: int) -> None:
+        self.buffer_size = buffer_size
+        self.backlogged = False
+        self._since_pause = 0
+
+    @property
+    def unsent(self) -> int:
+        """Upper bound of the bytes the transport holds (0 when flowing)."""
+        return self.buffer_size + self._since_pause if self.backlogged else 0
+
+    def wrote(self, size: int) -> None:
+        """Count ``size`` bytes handed to the transport."""
+        if self.backlogged:
+            self._since_pause += size
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self.backlogged = True
+        self._since_pause = 0
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer is empty."""
+        self.backlogged = False
+        self._since_pause = 0
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self.backlogged = False

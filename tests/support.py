@@ -33,8 +33,8 @@ def decode_stream(data: bytes) -> list[dict[str, Any]]:
 class RecordingTransport(StringTransport):
     """A StringTransport that also keeps each ``write`` call apart."""
 
-    def __init__(self, port: int) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", host, port))
         self.writes: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -66,9 +66,9 @@ class FakeClient:
 
     _ports = iter(range(40000, 60000))
 
-    def __init__(self, factory: ChatFactory, newline: bool = True) -> None:
+    def __init__(self, factory: ChatFactory, newline: bool = True, host: str = "127.0.0.1") -> None:
         self.newline = newline
-        self.transport = RecordingTransport(next(self._ports))
+        self.transport = RecordingTransport(next(self._ports), host)
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         assert self.protocol is not None
         self.protocol.makeConnection(self.transport)

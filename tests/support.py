@@ -68,6 +68,7 @@ class FakeClient:
 
     def __init__(self, factory: ChatFactory, newline: bool = True, host: str = "127.0.0.1") -> None:
         self.newline = newline
+        self.factory = factory
         self.transport = RecordingTransport(next(self._ports), host)
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         assert self.protocol is not None
@@ -76,7 +77,7 @@ class FakeClient:
     def send_raw(self, data: bytes) -> None:
         """Deliver ``data`` as one received chunk (and let the hub flush)."""
         self.protocol.dataReceived(data)
-        self.protocol.factory.clock.advance(0)
+        self.factory.clock.advance(0)
 
     def send(self, request: str, content: Any = None, **extra: Any) -> None:
         """Send one request object."""
@@ -97,12 +98,12 @@ class FakeClient:
 
     def drain(self) -> None:
         """Advance the clock until classic pacing has written everything."""
-        output = self.protocol.output
-        clock = self.protocol.factory.clock
+        output = getattr(self.protocol, "output", None)
+        clock = self.factory.clock
         for _ in range(10_000):
             if output is None or not output.queued_bytes:
                 return
-            clock.advance(self.protocol.factory.config.pace)
+            clock.advance(self.factory.config.pace)
         raise AssertionError("the pacing queue never drained")
 
     def one(self) -> dict[str, Any]:

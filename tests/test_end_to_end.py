@@ -284,3 +284,86 @@ class DurabilityEndToEndTests(SynchronousTestCase):
         self.assertEqual([m["content"] for m in reader.receive()["content"]], ["seen"])
         reader.send("ping", 42)
         self.assertEqual(reader.receive()["content"], 42)
+
+
+class AbuseEndToEndTests(SynchronousTestCase):
+    """A slow reader and a flooder cannot hurt the others (real server)."""
+
+    def start(self, *args: str) -> ServerProcess:
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        server = ServerProcess(workdir, "--history", "memory", *args).start()
+        self.addCleanup(server.kill)
+        return server
+
+    def login(self, port: int, name: str) -> LinesClient:
+        client = LinesClient(port)
+        self.addCleanup(client.close)
+        client.send("login", name)
+        client.receive()
+        client.receive()
+        return client
+
+    def test_reader_that_never_reads_is_dropped(self) -> None:
+        import socket
+
+        server = self.start("--msg-rate", "0", "--max-sendq", "65536")
+        sleeper = socket.socket()
+        self.addCleanup(sleeper.close)
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.settimeout(DEADLINE)
+        sleeper.connect(("127.0.0.1", server.port))
+        sleeper.sendall(b'{"request": "login", "content": "sleeper"}\n')
+        alice, bob = self.login(server.port, "alice"), self.login(server.port, "bob")
+        text = "x" * 1500
+        rounds, per_round = 60, 100
+        for round_number in range(rounds):
+            for i in range(per_round):
+                alice.send("msg", f"{round_number}.{i} {text}")
+            for client in (alice, bob):
+                for _ in range(per_round):
+                    self.assertEqual(client.receive()["response"], "message")
+        # Everyone else got all 6,000 messages; the sleeper was cut off.
+        bob.send("names")
+        names = bob.receive()["content"]
+        self.assertEqual(names, "alice, bob")
+        self.assertIn("bytes of output unsent", server.log())
+        received = 0
+        try:
+            while True:
+                chunk = sleeper.recv(65536)
+                if not chunk:
+                    break
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        self.assertLess(received, rounds * per_round * len(text))
+
+    def test_flood_does_not_delay_others(self) -> None:
+        server = self.start()
+        flooder = self.login(server.port, "flooder")
+        other = self.login(server.port, "other")
+        flood = b"".join(b'{"request": "msg", "content": "spam %d"}\n' % i for i in range(2000))
+        try:
+            flooder.sock.sendall(flood)
+        except OSError:
+            pass  # the server may hang up before it has read it all
+        other.send("names")
+        names = None
+        for _ in range(100):
+            response = other.receive()
+            if response["response"] == "info":
+                names = response["content"]
+                break
+        self.assertIsNotNone(names)
+        # The flooder got 20 through, then rate_limited errors, then was cut off.
+        codes = []
+        try:
+            while True:
+                response = flooder.receive()
+                codes.append(response.get("code"))
+        except (EOFError, ConnectionResetError):
+            pass
+        self.assertEqual(codes.count(None), 20)
+        self.assertIn("rate_limited", codes)
+        self.assertIn("flooding", server.log())

@@ -188,12 +188,13 @@ class ChatSession:
         if protocol is not self.protocol:
             return
         self.protocol = None
-        if self._quitting or self._input_ended:
-            self._finish(0)
-            return
         if _is_tls_failure(reason):
+            # Never retried: a wrong or untrusted certificate stays wrong.
             self.show(ERROR, f"TLS failed with {self.describe}: {_reason_text(reason)}")
             self._finish(1)
+            return
+        if self._quitting or self._input_ended:
+            self._finish(0)
             return
         if self.name is None:
             self.show(ERROR, "connection to the server lost")
@@ -434,9 +435,10 @@ def _entry(entry: Any) -> dict[str, Any] | None:
 def _is_tls_failure(reason: Failure) -> bool:
     try:
         from OpenSSL.SSL import Error as SSLError
-    except ImportError:  # pragma: no cover - pyOpenSSL comes with twisted[tls]
+        from service_identity import VerificationError
+    except ImportError:  # pragma: no cover - both come with twisted[tls]
         return False
-    return reason.check(SSLError) is not None
+    return reason.check(SSLError, VerificationError) is not None
 
 
 def _reason_text(reason: Failure) -> str:
@@ -444,14 +446,20 @@ def _reason_text(reason: Failure) -> str:
     if isinstance(value, error.ConnectionRefusedError):
         return "connection refused"
     if _is_tls_failure(reason):
-        return f"certificate not accepted ({_tls_detail(value)})"
+        return _tls_problem(value)
     text = str(value).strip() or type(value).__name__
     return text.splitlines()[0]
 
 
-def _tls_detail(value: Any) -> str:
+def _tls_problem(value: Any) -> str:
+    """A TLS failure as one sentence for people."""
+    if type(value).__name__ == "VerificationError":
+        return "the certificate is not valid for this host name"
     details = [item for args in getattr(value, "args", ()) for item in (args if isinstance(args, list) else [args])]
-    return "; ".join(str(part[-1] if isinstance(part, tuple) else part) for part in details) or "handshake failed"
+    reasons = [str(part[-1]) if isinstance(part, tuple) else str(part) for part in details]
+    if any("certificate verify failed" in reason for reason in reasons):
+        return "the certificate is not trusted (" + "; ".join(reasons) + ")"
+    return "handshake failed (" + ("; ".join(reasons) or type(value).__name__) + ")"
 
 
 class UserInput(LineReceiver):

@@ -98,6 +98,7 @@ class ChatProtocol(LineReceiver):
     _reading_paused = False
 
     def connectionMade(self) -> None:
+        self.log.info("connection from {peer}", peer=_peer(self))
         config = self.factory.config
         self.MAX_LENGTH = config.max_request
         self.decoder = StreamDecoder(config.max_request)
@@ -114,6 +115,7 @@ class ChatProtocol(LineReceiver):
         self._start_login_timer()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.log.info("connection from {peer} closed", peer=_peer(self))
         self.factory.connection_closed(self)
         self._cancel_login_timer()
         self._cancel_idle_timer()
@@ -448,6 +450,16 @@ class ChatProtocol(LineReceiver):
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
+
+    def shut_down(self) -> None:
+        """The server is stopping: say so, then close once that is written."""
+        if self.closing:
+            return
+        self._events.clear()
+        self._held = None
+        self._waiting_for_store = False
+        self.send_info("Server shutting down")
+        self.close_after_output()
 
     # -- idle timeout (logged-in users) --------------------------------
 

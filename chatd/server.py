@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -62,13 +63,22 @@ class ChatFactory(ServerFactory):
         self.hub = hub
         self.config = config
         self.clock = clock
-        self.connections = 0
+        self.protocols: set[ChatProtocol] = set()  # open chat connections
         self.per_ip: dict[str, int] = {}
         self.sendq_drops = 0
+        self.shutting_down = False
+        self._until_empty: list[Deferred[None]] = []
+
+    @property
+    def connections(self) -> int:
+        """Open chat connections (busy refusals not counted)."""
+        return len(self.protocols)
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         host = str(getattr(addr, "host", "local"))
         config = self.config
+        if self.shutting_down:
+            return BusyProtocol(self.clock, "The server is shutting down.")
         if config.max_connections and self.connections >= config.max_connections:
             self.log.warn("refusing {host}: {count} connections open", host=host, count=self.connections)
             return BusyProtocol(self.clock, "The server is full. Try again later.")
@@ -78,7 +88,7 @@ class ChatFactory(ServerFactory):
         protocol = super().buildProtocol(addr)
         assert protocol is not None
         protocol.peer_host = host
-        self.connections += 1
+        self.protocols.add(protocol)
         self.per_ip[host] = self.per_ip.get(host, 0) + 1
         return protocol
 
@@ -87,12 +97,56 @@ class ChatFactory(ServerFactory):
         host, protocol.peer_host = protocol.peer_host, None
         if host is None:
             return  # not counted, or already uncounted
-        self.connections -= 1
+        self.protocols.discard(protocol)
+        for waiter in self._until_empty if not self.protocols else ():
+            if not waiter.called:
+                waiter.callback(None)
         left = self.per_ip.get(host, 1) - 1
         if left > 0:
             self.per_ip[host] = left
         else:
             self.per_ip.pop(host, None)
+
+
+    def shut_down(self, grace: float) -> Deferred[None]:
+        """Tell every user the server is going, close every connection.
+
+        Accepted messages still pending are stored and delivered first.
+        Connections get ``grace`` seconds to take their last output; then
+        the rest are aborted.  The Deferred fires when all are closed.
+        """
+        self.shutting_down = True
+        self.hub.flush()
+        self.log.info("shutting down: closing {count} connections", count=len(self.protocols))
+        for protocol in list(self.protocols):
+            protocol.shut_down()
+        if not self.protocols:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._until_empty = [done]
+        abort = self.clock.callLater(grace, self._abort_all)
+        done.addBoth(lambda result: (abort.active() and abort.cancel(), result)[1])
+        return done
+
+    def _abort_all(self) -> None:
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()
+
+
+class ShutdownService(Service):
+    """On stop: the factory tells every user and closes their connections.
+
+    It stops after the listeners (so no one new arrives) and before the
+    history service (which then stores anything still pending).
+    """
+
+    def __init__(self, factory: ChatFactory, grace: float = 3.0) -> None:
+        self.factory = factory
+        self.grace = grace
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.factory.shut_down(self.grace)
 
 
 class HistoryService(Service):

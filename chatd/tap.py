@@ -12,11 +12,13 @@ import signal
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
+from chatd.logs import json_observer
 from chatd.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
 from chatd.hub import Hub
-from chatd.server import ChatFactory, HistoryService, ServerConfig
+from chatd.server import ChatFactory, HistoryService, ServerConfig, ShutdownService
 
 DEFAULT_PORT = 9998
 
@@ -75,6 +77,12 @@ def _history_count(value: str) -> int | None:
 def _framing(value: str) -> str:
     if value not in ("auto", "lines", "classic"):
         raise usage.UsageError("--framing must be auto, lines or classic")
+    return value
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise usage.UsageError("--log-format must be text or json")
     return value
 
 
@@ -141,6 +149,7 @@ class Options(usage.Options):
         ["max-sendq", None, 1048576, "Bytes of unsent output after which a slow reader is disconnected (0: no limit).", _non_negative_int("max-sendq")],
         ["max-per-ip", None, 20, "Connections from one address (0: no limit; loopback is not exempt).", _non_negative_int("max-per-ip")],
         ["max-connections", None, 10000, "Connections in all (0: no limit).", _non_negative_int("max-connections")],
+        ["log-format", None, "text", "Log format: text, or json (one JSON object per line).", _log_format],
         ["history", None, "sqlite", "Where history is kept: sqlite (durable, the default) or memory.", _history_kind],
         ["data-dir", None, ".", f"Directory of the history database ({DATABASE_NAME})."],
         [
@@ -215,9 +224,17 @@ class ChatService(service.MultiService):
     containers), so a stop they caused is a clean exit with status 0.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, log_observer: Any = None) -> None:
         super().__init__()
         self._reactor = reactor
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd starts logging with the application's ILogObserver
+        # component, if it has one: that is how --log-format json applies.
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
 
     def stopService(self) -> Any:
         if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
@@ -233,9 +250,18 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         reactor = global_reactor
     hub = Hub(reactor, open_history(options), max_message=options["max-message"])
     factory = ChatFactory(hub, options.config(), reactor)
-    top = ChatService(reactor)
+    observer = None
+    if options["log-format"] == "json":
+        observer = json_observer(getattr(options, "parent", None))
+    top = ChatService(reactor, observer)
+    # Stopped in reverse order: listeners, then users told and closed,
+    # then history stored and closed.
     HistoryService(hub, options["history-retention"] or Retention(), reactor).setServiceParent(top)
+    ShutdownService(factory).setServiceParent(top)
     for endpoint in options["endpoints"]:
-        listener = strports.service(endpoint, factory, reactor=reactor)
+        try:
+            listener = strports.service(endpoint, factory, reactor=reactor)
+        except Exception as problem:  # a bad description, a missing key file, ...
+            raise SystemExit(f"chatd: cannot listen on {endpoint!r}: {problem}") from None
         listener.setServiceParent(top)
     return top

@@ -367,3 +367,136 @@ class AbuseEndToEndTests(SynchronousTestCase):
         self.assertEqual(codes.count(None), 20)
         self.assertIn("rate_limited", codes)
         self.assertIn("flooding", server.log())
+
+
+class DeploymentEndToEndTests(SynchronousTestCase):
+    """TLS beside plain TCP, graceful SIGTERM, JSON logs."""
+
+    def setUp(self) -> None:
+        self.workdir = self.mktemp()
+        os.makedirs(self.workdir)
+
+    def start(self, *args: str) -> ServerProcess:
+        server = ServerProcess(self.workdir, "--history", "memory", *args).start()
+        self.addCleanup(server.kill)
+        return server
+
+    def tls_server(self, hostname: str) -> tuple[ServerProcess, int, str]:
+        from tests.certs import TestCA
+
+        ca = TestCA(self.workdir)
+        key, cert = ca.issue(hostname)
+        tls_port = free_port()
+        server = self.start("--listen", f"ssl:{tls_port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+        wait_for(lambda: _can_connect(tls_port), "the TLS listener")
+        return server, tls_port, ca.path
+
+    def test_plain_and_tls_share_one_room(self) -> None:
+        import socket
+        import ssl
+
+        server, tls_port, ca_path = self.tls_server("localhost")
+        context = ssl.create_default_context(cafile=ca_path)
+        raw = socket.create_connection(("127.0.0.1", tls_port), timeout=DEADLINE)
+        secure = context.wrap_socket(raw, server_hostname="localhost")
+        tls_client = LinesClient.__new__(LinesClient)
+        tls_client.sock, tls_client.reader = secure, secure.makefile("rb")
+        self.addCleanup(tls_client.close)
+        plain = LinesClient(server.port)
+        self.addCleanup(plain.close)
+        for client, name in ((tls_client, "secure"), (plain, "plain")):
+            client.send("login", name)
+            self.assertEqual(client.receive()["response"], "info")
+            client.receive()
+        tls_client.send("msg", "over TLS")
+        self.assertEqual(tls_client.receive()["content"], "over TLS")
+        self.assertEqual(plain.receive()["content"], "over TLS")
+        plain.send("names")
+        self.assertEqual(plain.receive()["content"], "secure, plain")
+
+    def run_client(self, port: int, *args: str, script: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*client_command(), "--port", str(port), *args],
+            input=script, capture_output=True, text=True, timeout=DEADLINE, env=dict(os.environ, NO_COLOR="1"),
+        )
+
+    def test_client_verifies_the_certificate(self) -> None:
+        server, tls_port, ca_path = self.tls_server("localhost")
+        result = self.run_client(tls_port, "--tls", "--cafile", ca_path, "--host", "localhost", "--name", "ok",
+                                 script="hello over tls\n")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("ok: hello over tls", result.stdout)
+
+    def test_client_refuses_a_certificate_for_another_host(self) -> None:
+        server, tls_port, ca_path = self.tls_server("wrong.example")
+        result = self.run_client(tls_port, "--tls", "--cafile", ca_path, "--host", "localhost", "--name", "bob",
+                                 script="should never be sent\n")
+        self.assertEqual(result.returncode, 1, result.stdout)
+        [line] = result.stdout.splitlines()
+        self.assertTrue(line.startswith(f"! TLS failed with localhost:{tls_port}"), line)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_client_refuses_an_untrusted_certificate(self) -> None:
+        server, tls_port, _ = self.tls_server("localhost")
+        result = self.run_client(tls_port, "--tls", "--host", "localhost", "--name", "bob", script="x\n")
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn("! TLS failed", result.stdout)
+
+    def test_sigterm_tells_users_and_exits_zero(self) -> None:
+        server = self.start("--pace", "100")
+        lines_user = LinesClient(server.port)
+        self.addCleanup(lines_user.close)
+        classic_user = ClassicClient(server.port)
+        self.addCleanup(classic_user.close)
+        lines_user.send("login", "modern")
+        lines_user.receive()
+        lines_user.receive()
+        classic_user.send("login", "classic")
+        classic_user.receive()
+        classic_user.receive()
+        started = time.monotonic()
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(lines_user.receive()["content"], "Server shutting down")
+        self.assertEqual(classic_user.receive()["content"], "Server shutting down")
+        self.assertRaises(EOFError, lines_user.receive)
+
+    def test_sigterm_with_a_reader_that_never_reads(self) -> None:
+        import socket
+
+        server = self.start("--msg-rate", "0")
+        sleeper = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+        self.addCleanup(sleeper.close)
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.sendall(b'{"request": "login", "content": "sleeper"}\n')
+        talker = LinesClient(server.port)
+        self.addCleanup(talker.close)
+        talker.send("login", "talker")
+        talker.receive()
+        talker.receive()
+        for i in range(300):
+            talker.send("msg", f"{i} " + "y" * 1000)
+            talker.receive()
+        started = time.monotonic()
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+        self.assertLess(time.monotonic() - started, 5)
+
+    def test_json_log_lines_parse(self) -> None:
+        import json
+
+        server = self.start("--log-format", "json")
+        client = LinesClient(server.port)
+        client.send("login", "logged")
+        client.receive()
+        client.close()
+        self.assertEqual(server.stop(), 0)
+        records = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+        messages = [record["message"] for record in records]
+        self.assertTrue(any("logged in from 127.0.0.1" in message for message in messages), messages)
+        self.assertTrue(all({"time", "level", "message"} <= set(record) for record in records))
+
+
+def _can_connect(port: int) -> bool:
+    from tests.e2e import can_connect
+
+    return can_connect(port)

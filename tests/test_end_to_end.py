@@ -500,3 +500,46 @@ def _can_connect(port: int) -> bool:
     from tests.e2e import can_connect
 
     return can_connect(port)
+
+
+class HealthcheckTests(SynchronousTestCase):
+    """``python -m chatd.healthcheck``: the container's HEALTHCHECK."""
+
+    def test_healthy_server(self) -> None:
+        from chatd.healthcheck import main
+
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        server = ServerProcess(workdir, "--history", "memory").start()
+        self.addCleanup(server.kill)
+        self.assertEqual(main(["--port", str(server.port)]), 0)
+
+    def test_nothing_listening(self) -> None:
+        from chatd.healthcheck import probe
+
+        problem = probe("127.0.0.1", free_port(), 2)
+        self.assertIsNotNone(problem)
+        self.assertIn("cannot talk to", problem)
+
+    def test_something_else_listening(self) -> None:
+        import socket
+        import threading
+
+        from chatd.healthcheck import probe
+
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"SSH-2.0-OpenSSH\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        problem = probe("127.0.0.1", listener.getsockname()[1], 5)
+        thread.join(5)
+        self.assertIn("not a chatd response", problem or "")

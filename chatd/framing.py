@@ -396,6 +396,10 @@ class LinesOutput:
         """Write one encoded response as a line (``line`` if pre-built)."""
         self._write(line if line is not None else payload + b"\n")
 
+    def send_block(self, lines: bytes) -> None:
+        """Write several responses already framed as lines, in one write."""
+        self._write(lines)
+
     @property
     def queued_bytes(self) -> int:
         """Bytes held back by pacing: none in lines framing."""

@@ -38,6 +38,9 @@ class Member(Protocol):
     def deliver(self, message: StoredMessage) -> None:
         """Send an accepted message to this member."""
 
+    def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
+        """Send a batch of messages; ``lines`` is all of them in lines framing."""
+
     def deliver_own(self, message: StoredMessage, ref: Any) -> None:
         """Send this member's own message back, carrying its request's ``ref``."""
 
@@ -142,8 +145,8 @@ class Hub:
             for message, origin, ref in batch:
                 origin.message_failed(message, ref)
         else:
-            for message, origin, ref in batch:
-                self._fan_out(message, origin, ref)
+            if batch:
+                self._fan_out(batch)
         for action in actions:
             action()
 
@@ -151,10 +154,24 @@ class Hub:
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
-    def _fan_out(self, message: StoredMessage, origin: Member, ref: Any) -> None:
+    def _fan_out(self, batch: list[tuple[StoredMessage, Member, Any]]) -> None:
+        """Deliver a stored batch to every member.
+
+        The batch is encoded once, as one block of lines, and that same
+        block is written to every lines-framed member: one write per
+        member per batch, not one per message.  Only a sender whose
+        request carried a ``ref`` gets its own echo re-encoded, with it.
+        """
+        stored = [message for message, _origin, _ref in batch]
+        lines = b"".join(message.line for message in stored)
+        with_ref = {id(origin) for _message, origin, ref in batch if ref is not None}
         # A member may drop out while we deliver: iterate over a snapshot.
         for recipient in list(self._members.values()):
-            if recipient is origin and ref is not None:
-                recipient.deliver_own(message, ref)
-            else:
-                recipient.deliver(message)
+            if id(recipient) not in with_ref:
+                recipient.deliver_many(stored, lines)
+                continue
+            for message, origin, ref in batch:
+                if origin is recipient and ref is not None:
+                    recipient.deliver_own(message, ref)
+                else:
+                    recipient.deliver(message)

@@ -356,6 +356,18 @@ class ChatProtocol(LineReceiver):
         self.output.send(message.payload, message.line)
         self._check_sendq()
 
+    def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
+        """Fan-out of a batch: lines framing writes the shared block at once."""
+        output = self.output
+        if output is None or self.closing:
+            return
+        if output.name == LINES:
+            output.send_block(lines)
+        else:
+            for message in batch:
+                output.send(message.payload)
+        self._check_sendq()
+
     def deliver_own(self, message: StoredMessage, ref: Any) -> None:
         """Fan-out of our own message: the echo carries our request's ``ref``."""
         if self.output is None or self.closing:

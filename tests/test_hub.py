@@ -36,6 +36,10 @@ class Member:
     def deliver(self, message: StoredMessage) -> None:
         self.got.append(message.id)
 
+    def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
+        self.got.extend(message.id for message in batch)
+        assert lines == b"".join(message.line for message in batch)
+
     def deliver_own(self, message: StoredMessage, ref: object) -> None:
         self.got.append(message.id)
 

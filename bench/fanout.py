@@ -120,10 +120,12 @@ class Server:
 class Chatd(Server):
     name = "chatd"
     protocol = "json"
+    profile: str | None = None  # --profile: cProfile output of the server
 
     def command(self) -> list[str]:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        return [twistd, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+        profiling = ["--profiler=cprofile", f"--profile={self.profile}", "--savestats"] if self.profile else []
+        return [twistd, *profiling, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--msg-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir]
 
 
@@ -369,7 +371,10 @@ def main() -> None:
     parser.add_argument("--rate-senders", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--profile", help="write chatd's cProfile stats here (one run; prints the top functions)")
     args = parser.parse_args()
+    if args.profile:
+        Chatd.profile = os.path.abspath(args.profile)
     servers = args.servers.split(",")
     shapes = args.shapes.split(",")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -401,6 +406,11 @@ def main() -> None:
             print(f"| {kind} | {median(kind, 'rate', 'p50_ms'):.2f} | {median(kind, 'rate', 'p99_ms'):.2f} | "
                   f"{median(kind, 'rate', 'max_ms'):.2f} | {median(kind, 'rate', 'lost'):.0f} | "
                   f"{median(kind, 'rate', 'cpu'):.3f} | {median(kind, 'rate', 'generator_cpu'):.2f} |")
+    if args.profile:
+        import pstats
+
+        print(f"\nchatd profile ({args.profile}), top functions by own time:")
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
     if set(servers) >= {"chatd", "inspircd"}:
         print("\nratios (chatd / InspIRCd):")
         if "burst" in shapes:

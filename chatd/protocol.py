@@ -19,6 +19,7 @@ from chatd import __version__, messages
 from chatd.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
 from chatd.history import MAX_PAGE, StoredMessage
 from chatd.limits import FloodMeter, SendQueueMeter, TokenBucket
+from chatd.writethrough import writer_for
 from chatd.hub import LOBBY
 from chatd.messages import ChatError
 
@@ -109,6 +110,7 @@ class ChatProtocol(LineReceiver):
         # times the rate fills this within seconds, and then we hang up.
         self.flood = FloodMeter(clock, config.msg_rate, 2 * config.msg_burst)
         self.sendq = SendQueueMeter(getattr(self.transport, "bufferSize", DEFAULT_BUFFER_SIZE))
+        self._transport_write = writer_for(self.transport)
         self.transport.registerProducer(self.sendq, True)
         if config.framing != "auto":
             self._use_framing(config.framing)
@@ -413,7 +415,7 @@ class ChatProtocol(LineReceiver):
 
     def _write(self, data: bytes) -> None:
         """Every byte to the client goes through here (for the send queue)."""
-        self.transport.write(data)
+        self._transport_write(data)
         self.sendq.wrote(len(data))
 
     def unsent_bytes(self) -> int:

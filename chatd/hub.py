@@ -15,6 +15,7 @@ Nothing here is module-level: a test may build as many hubs as it likes.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Protocol
 
 from chatd import messages
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 
 from chatd.history import HistoryError, HistoryStore, StoredMessage
 from chatd.messages import ChatError
+from chatd.metrics import Metrics
 
 LOBBY = "#lobby"
 
@@ -47,6 +49,9 @@ class Member(Protocol):
     def message_failed(self, message: StoredMessage, ref: Any) -> None:
         """This member's message could not be stored."""
 
+    def presence(self, user: str, status: str, room: str) -> None:
+        """``user`` came (``online``) or went (``offline``) in ``room``."""
+
 
 def clean_text(text: str) -> str:
     """Remove control characters other than newline and tab."""
@@ -58,10 +63,11 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, clock: Any, history: HistoryStore, max_message: int = 2000) -> None:
+    def __init__(self, clock: Any, history: HistoryStore, max_message: int = 2000, metrics: Metrics | None = None) -> None:
         self.clock = clock
         self.history = history
         self.max_message = max_message
+        self.metrics = metrics if metrics is not None else Metrics()
         # Keyed by the lower-cased name; dict order is login order.
         self._members: dict[str, Member] = {}
         self._batch: list[tuple[StoredMessage, Member, Any]] = []
@@ -85,12 +91,19 @@ class Hub:
         if key in self._members:
             raise ChatError(messages.NAME_TAKEN, f"Username '{name}' is taken.")
         self._members[key] = member
+        self._announce(name, "online", member)
         return name
 
     def logout(self, member: Member) -> None:
         """Remove ``member`` from the registry (its name is free at once)."""
         if member.name is not None and self._members.get(member.name.lower()) is member:
             del self._members[member.name.lower()]
+            self._announce(member.name, "offline", member)
+
+    def _announce(self, name: str, status: str, subject: Member) -> None:
+        for member in list(self._members.values()):
+            if member is not subject:
+                member.presence(name, status, LOBBY)
 
     def names(self) -> list[str]:
         """Logged-in usernames in login order."""
@@ -138,6 +151,7 @@ class Hub:
         self._flush_call = None
         batch, self._batch = self._batch, []
         actions, self._after_flush = self._after_flush, []
+        started = time.perf_counter()
         try:
             self.history.commit()
         except HistoryError as problem:
@@ -146,6 +160,8 @@ class Hub:
                 origin.message_failed(message, ref)
         else:
             if batch:
+                self.metrics.history_write_seconds.observe(time.perf_counter() - started)
+                self.metrics.messages_accepted.inc(len(batch))
                 self._fan_out(batch)
         for action in actions:
             action()
@@ -166,7 +182,9 @@ class Hub:
         lines = b"".join(message.line for message in stored)
         with_ref = {id(origin) for _message, origin, ref in batch if ref is not None}
         # A member may drop out while we deliver: iterate over a snapshot.
-        for recipient in list(self._members.values()):
+        recipients = list(self._members.values())
+        self.metrics.deliveries.inc(len(stored) * len(recipients))
+        for recipient in recipients:
             if id(recipient) not in with_ref:
                 recipient.deliver_many(stored, lines)
                 continue

@@ -45,7 +45,7 @@ CONTENT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 #: What ``hello`` announces (PROTOCOL.md section 5).
-FEATURES = ["ping", "history", "ref"]
+FEATURES = ["ping", "history", "ref", "presence"]
 PROTOCOL_VERSION = 2
 MAX_REF_LENGTH = 128
 
@@ -87,6 +87,7 @@ class ChatProtocol(LineReceiver):
     output: LinesOutput | ClassicOutput | None = None
     closing = False
     version = 1  # 2 once the client sent hello
+    transport_kind = "tcp"  # for metrics: tcp or websocket
     peer_host: str | None = None  # counted against the caps while set
     _login_timer: Any = None
     _ref: Any = None  # the ref of the request being handled
@@ -345,6 +346,7 @@ class ChatProtocol(LineReceiver):
 
     def send_error(self, code: str, text: str) -> None:
         """Send an ``error`` response with its ``code``."""
+        self.factory.hub.metrics.errors.labels(code).inc()
         self.send_response(messages.error(code, text, self.factory.hub.now()))
 
     def send_info(self, text: str) -> None:
@@ -376,6 +378,17 @@ class ChatProtocol(LineReceiver):
             return
         self.output.send(messages.encode(message.as_response(ref=ref)))
         self._check_sendq()
+
+    def presence(self, user: str, status: str, room: str) -> None:
+        """v2 only: who came or went (a v1 client never gets this type)."""
+        if self.version < PROTOCOL_VERSION or self.output is None or self.closing:
+            return
+        content = {"user": user, "status": status, "room": room}
+        saved, self._ref = self._ref, None  # unsolicited: no ref
+        try:
+            self.send_response(messages.response("presence", content, self.factory.hub.now()))
+        finally:
+            self._ref = saved
 
     def message_failed(self, message: StoredMessage, ref: Any) -> None:
         """The hub could not store our message: tell the sender."""
@@ -432,6 +445,7 @@ class ChatProtocol(LineReceiver):
                 "closing {peer} ({user}): over {limit} bytes of output unsent", peer=_peer(self), user=self.name, limit=limit
             )
             self.factory.sendq_drops += 1
+            self.factory.hub.metrics.sendq_drops.inc()
             self.closing = True
             if self.output is not None:
                 self.output.stop()

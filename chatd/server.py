@@ -68,6 +68,13 @@ class ChatFactory(ServerFactory):
         self.sendq_drops = 0
         self.shutting_down = False
         self._until_empty: list[Deferred[None]] = []
+        hub.metrics.watch(self._live_counts)
+
+    def _live_counts(self) -> tuple[dict[str, int], int]:
+        by_transport: dict[str, int] = {}
+        for protocol in self.protocols:
+            by_transport[protocol.transport_kind] = by_transport.get(protocol.transport_kind, 0) + 1
+        return by_transport, len(self.hub.names())
 
     @property
     def connections(self) -> int:

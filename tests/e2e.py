@@ -107,12 +107,16 @@ class LinesClient:
         obj = {"request": request, "content": content, **extra}
         self.sock.sendall(json.dumps(obj).encode() + b"\n")
 
-    def receive(self) -> dict[str, Any]:
-        line = self.reader.readline()
-        if not line:
-            raise EOFError("connection closed")
-        assert line.endswith(b"\n")
-        return json.loads(line)
+    def receive(self, presence: bool = False) -> dict[str, Any]:
+        """The next response (v2 presence notices skipped unless asked for)."""
+        while True:
+            line = self.reader.readline()
+            if not line:
+                raise EOFError("connection closed")
+            assert line.endswith(b"\n")
+            response = json.loads(line)
+            if presence or response.get("response") != "presence":
+                return response
 
     def close(self) -> None:
         self.reader.close()

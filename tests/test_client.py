@@ -103,10 +103,13 @@ class ClientConversationTests(SynchronousTestCase):
         alice.type("hi bob")
         bob.type("hi alice")
         alice.pump()
-        self.assertEqual([line.split("] ", 1)[1] for line in alice.lines()[1:]], ["alice: hi bob", "bob: hi alice"])
+        chat = [line.split("] ", 1)[1] for line in alice.lines() if line.startswith("[")]
+        self.assertEqual(chat, ["alice: hi bob", "bob: hi alice"])
         carol = Harness(self.factory, name="carol")
         carol.pump()
         self.assertEqual([line.split("] ", 1)[1] for line in carol.lines()[1:]], ["alice: hi bob", "bob: hi alice"])
+        alice.pump()
+        self.assertIn("- carol is online", alice.lines())
 
     def test_errors_are_printed(self) -> None:
         client = Harness(self.factory)

@@ -46,6 +46,9 @@ class Member:
     def message_failed(self, message: StoredMessage, ref: object) -> None:
         self.failed.append(message.id)
 
+    def presence(self, user: str, status: str, room: str) -> None:
+        pass
+
 
 class HubTests(SynchronousTestCase):
     def setUp(self) -> None:

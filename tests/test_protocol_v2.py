@@ -83,6 +83,35 @@ class HelloTests(V2TestCase):
         self.assertLessEqual(kinds, {"message", "info", "error", "history"})
 
 
+class PresenceTests(V2TestCase):
+    def test_v2_members_see_others_come_and_go(self) -> None:
+        watcher = self.v2_client("watcher")
+        old = self.client("old")
+        new = self.v2_client("new")
+        old.send("logout")
+        new.disconnect()
+        seen = [(r["content"]["user"], r["content"]["status"], r["content"]["room"])
+                for r in watcher.received() if r["response"] == "presence"]
+        self.assertEqual(seen, [("old", "online", "#lobby"), ("new", "online", "#lobby"),
+                                ("old", "offline", "#lobby"), ("new", "offline", "#lobby")])
+
+    def test_no_presence_of_oneself_and_none_for_v1(self) -> None:
+        v1 = self.client("classic")
+        me = self.v2_client()
+        info, history = me.login("me")
+        self.assertEqual(me.received(), [])
+        self.client("other")
+        [presence] = me.received()
+        self.assertEqual(presence["content"]["user"], "other")
+        self.assertNotIn("ref", presence)
+        self.assertEqual([r for r in v1.received() if r["response"] == "presence"], [])
+
+    def test_feature_announced(self) -> None:
+        client = FakeClient(self.factory)
+        client.send("hello", {"protocol": 2})
+        self.assertIn("presence", client.one()["content"]["features"])
+
+
 class PingTests(V2TestCase):
     def test_ping_echoes_content(self) -> None:
         client = FakeClient(self.factory)
@@ -119,6 +148,7 @@ class RefTests(V2TestCase):
     def test_own_echo_carries_ref_others_do_not(self) -> None:
         alice = self.v2_client("alice")
         bob = self.v2_client("bob")
+        alice.received()  # bob's presence
         alice.send("msg", "hi", ref="m1")
         mine, theirs = alice.one(), bob.one()
         self.assertEqual(mine["ref"], "m1")

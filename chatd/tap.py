@@ -149,6 +149,7 @@ class Options(usage.Options):
         ["max-sendq", None, 1048576, "Bytes of unsent output after which a slow reader is disconnected (0: no limit).", _non_negative_int("max-sendq")],
         ["max-per-ip", None, 20, "Connections from one address (0: no limit; loopback is not exempt).", _non_negative_int("max-per-ip")],
         ["max-connections", None, 10000, "Connections in all (0: no limit).", _non_negative_int("max-connections")],
+        ["web", None, None, "Serve the browser client, /ws, /health and /metrics on this endpoint (e.g. tcp:8080) [default: off]."],
         ["log-format", None, "text", "Log format: text, or json (one JSON object per line).", _log_format],
         ["history", None, "sqlite", "Where history is kept: sqlite (durable, the default) or memory.", _history_kind],
         ["data-dir", None, ".", f"Directory of the history database ({DATABASE_NAME})."],
@@ -168,6 +169,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["web-origin"] = []
+
+    def opt_web_origin(self, origin: str) -> None:
+        """Also accept WebSocket connections from pages of this origin, e.g. https://chat.example.org (repeatable)."""
+        self["web-origin"].append(origin)
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on a Twisted endpoint string, e.g. tcp:9998:interface=127.0.0.1 (repeatable)."""
@@ -264,4 +270,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         except Exception as problem:  # a bad description, a missing key file, ...
             raise SystemExit(f"chatd: cannot listen on {endpoint!r}: {problem}") from None
         listener.setServiceParent(top)
+    if options["web"]:
+        from chatd.web import make_site
+
+        web = options["web"]
+        try:
+            strports.service(port_to_endpoint(web), make_site(factory, options["web-origin"]), reactor=reactor).setServiceParent(top)
+        except Exception as problem:
+            raise SystemExit(f"chatd: cannot serve the web on {web!r}: {problem}") from None
     return top

@@ -39,19 +39,14 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 
+from common import free_port, twistd_command
+
 WAIT = 60.0  # the longest any phase may take
 LOGIN_BATCH = 50  # clients connecting at once
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -123,9 +118,8 @@ class Chatd(Server):
     profile: str | None = None  # --profile: cProfile output of the server
 
     def command(self) -> list[str]:
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         profiling = ["--profiler=cprofile", f"--profile={self.profile}", "--savestats"] if self.profile else []
-        return [twistd, *profiling, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+        return [*twistd_command(), *profiling, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--msg-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir]
 
 

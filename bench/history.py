@@ -4,7 +4,8 @@ store, and the longest reactor stall.
     .venv/bin/python bench/history.py [--clients 20] [--senders 10] [--messages 500] [--window 20] [--repeats 3]
 
 For each store it starts a chatd server in a child process (this file in
-``serve`` mode: the real service tree from ``chatd.tap`` plus a
+``serve`` mode: the real service tree from ``chatd.tap``, rate limit and
+per-address cap off, plus a
 ``LoopingCall`` heartbeat that records how late each beat is), then N
 clients log in over loopback, S of them send M messages each as fast as
 the server takes them (at most ``--window`` unechoed each), and the run ends when every client has received
@@ -22,12 +23,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from common import free_port, wait_for_port
 
 HEARTBEAT = 0.005  # seconds between heartbeats in the server
 DEADLINE = 120.0  # no run may take longer than this
@@ -66,12 +68,6 @@ def serve(argv: list[str]) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", write_stats)
     reactor.run()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def load(port: int, clients: int, senders: int, messages: int, window: int) -> float:
@@ -125,18 +121,14 @@ def run_once(store: str, args: argparse.Namespace) -> tuple[float, float]:
         port = free_port()
         stats = os.path.join(data_dir, "stats.json")
         server_args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--history", store, "--data-dir", data_dir,
-                       "--history-on-login", "0", *args.server_arg]
+                       "--history-on-login", "0", "--msg-rate", "0", "--max-per-ip", "0", *args.server_arg]
         child = subprocess.Popen([sys.executable, __file__, "serve", stats, *server_args],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            end = time.monotonic() + 20
-            while time.monotonic() < end:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            elapsed = asyncio.run(load(port, args.clients, args.senders, args.messages, args.window))
+            wait_for_port(port)
+            elapsed = asyncio.run(
+                asyncio.wait_for(load(port, args.clients, args.senders, args.messages, args.window), DEADLINE)
+            )
         finally:
             child.send_signal(signal.SIGTERM)
             child.wait(timeout=30)

@@ -14,22 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from common import free_port, rss_kib, twistd_command, wait_for_port
 
 
 async def hold(port: int, count: int) -> list[asyncio.StreamWriter]:
@@ -56,24 +48,15 @@ def main() -> None:
     if hard < needed:
         sys.exit(f"need a file descriptor limit of {needed}; the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))  # inherited by the server
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         server = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            [*twistd_command(), "-n", "--pidfile=", "chatd", "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--max-per-ip", "0", "--max-connections", "0", "--login-timeout", "0"],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            end = time.monotonic() + 20
-            while time.monotonic() < end:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port)
             time.sleep(1)
             before = rss_kib(server.pid)
 

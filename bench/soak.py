@@ -28,28 +28,10 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 
-
-def twistd() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "twisted.scripts.twistd"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from common import free_port, rss_kib, twistd_command, wait_for_port
 
 
 def fds(pid: int) -> int:
@@ -129,17 +111,11 @@ def main() -> None:
         log_path = os.path.join(workdir, "server.log")
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
-                [*twistd(), "-n", "--pidfile=", "chatd", "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-per-ip", "0"],
+                [*twistd_command(), "-n", "--pidfile=", "chatd", "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-per-ip", "0"],
                 cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
             )
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port)
             pid = server.pid
             samples: list[tuple[float, int, int, str]] = [(0.0, rss_kib(pid), fds(pid), "start")]
             started = time.monotonic()

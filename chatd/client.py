@@ -19,7 +19,6 @@ import sys
 from typing import Any, Callable, TextIO
 
 from twisted.internet import defer, error
-from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 from twisted.python.failure import Failure

@@ -23,43 +23,31 @@ from chatd.server import ChatFactory, HistoryService, ServerConfig, ShutdownServ
 DEFAULT_PORT = 9998
 
 
+def _number(name: str, kind: type, minimum: float, what: str = "a whole number") -> Any:
+    """A converter for ``--name``: a ``kind`` (int or float) of at least ``minimum``."""
+
+    def convert(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be {what}, not {value!r}") from None
+        if number < minimum:
+            raise usage.UsageError(f"--{name} must be at least {minimum:g}" if minimum else f"--{name} cannot be negative")
+        return number
+
+    return convert
+
+
 def _positive_int(name: str) -> Any:
-    def convert(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
-        if number < 1:
-            raise usage.UsageError(f"--{name} must be at least 1")
-        return number
-
-    return convert
-
-
-def _non_negative(name: str, unit: str) -> Any:
-    def convert(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of {unit}, not {value!r}") from None
-        if number < 0:
-            raise usage.UsageError(f"--{name} cannot be negative")
-        return number
-
-    return convert
+    return _number(name, int, 1)
 
 
 def _non_negative_int(name: str) -> Any:
-    def convert(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
-        if number < 0:
-            raise usage.UsageError(f"--{name} cannot be negative")
-        return number
+    return _number(name, int, 0)
 
-    return convert
+
+def _non_negative(name: str, unit: str) -> Any:
+    return _number(name, float, 0, f"a number of {unit}")
 
 
 def _history_count(value: str) -> int | None:

@@ -3,7 +3,6 @@ timeout, hostile input (PROTOCOL.md section 4, "Disconnects and limits")."""
 
 from __future__ import annotations
 
-import json
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase

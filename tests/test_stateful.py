@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import FakeClient, decode_stream, make_factory
+from tests.support import FakeClient, make_factory
 
 NAMES = ["alice", "Alice", "bob", "BOB", "carol", "server", "", "bad name", "x" * 33, "d\u00e9j\u00e0"]
 TEXTS = ["hi", "", "   ", "x" * 60, "\x1b[2J", "multi\nline", "\u00e9\U0001f600", "\x00\x07"]

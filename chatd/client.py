@@ -139,7 +139,7 @@ class ChatSession:
         self.v2 = False
         self._awaiting_hello = False
         self._resuming = False
-        self._resume_buffer = []
+        self._resume_buffer: list[dict[str, Any]] = []
 
     # -- connection ----------------------------------------------------
 
@@ -247,7 +247,7 @@ class ChatSession:
                 # Back after a lost connection: fetch exactly what was
                 # missed; the login history would leave gaps past its size.
                 self._resuming = True
-                self._resume_buffer: list[dict[str, Any]] = []
+                self._resume_buffer = []
                 self._request_missed()
             return True
         # A v1 server: it answered hello with an error; carry on in v1.
@@ -287,7 +287,7 @@ class ChatSession:
         self._resuming = False
         for message in self._resume_buffer:
             lines.extend(self._parse_new(message))
-        self._resume_buffer = []
+        self._resume_buffer: list[dict[str, Any]] = []
         return lines
 
     def _track(self, response: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ def writer_for(transport: Any) -> Callable[[bytes], None]:
             transport._tempDataBuffer
             or len(transport.dataBuffer) > transport.offset
             or transport.disconnecting
-            or transport.connected is False
+            or not transport.connected
         ):
             write(data)  # something is queued: keep the order, queue too
             return

@@ -78,16 +78,21 @@ class Hub:
         """The reactor's current time as a protocol timestamp."""
         return messages.format_timestamp(self.clock.seconds())
 
-    def login(self, member: Member, name: Any) -> str:
-        """Register ``member`` under ``name``; return the name as given."""
+    @staticmethod
+    def check_name(name: Any) -> None:
+        """``invalid_username`` or ``name_taken`` (reserved) for a bad name."""
         if not isinstance(name, str) or not _USERNAME.fullmatch(name):
             raise ChatError(
                 messages.INVALID_USERNAME,
                 "Invalid username: use 1 to 32 characters, each a letter A-Z or a-z or a digit 0-9.",
             )
-        key = name.lower()
-        if key == messages.SERVER_SENDER:
+        if name.lower() == messages.SERVER_SENDER:
             raise ChatError(messages.NAME_TAKEN, f"Username '{name}' is reserved.")
+
+    def login(self, member: Member, name: Any) -> str:
+        """Register ``member`` under ``name``; return the name as given."""
+        self.check_name(name)
+        key = name.lower()
         if key in self._members:
             raise ChatError(messages.NAME_TAKEN, f"Username '{name}' is taken.")
         self._members[key] = member
@@ -105,6 +110,12 @@ class Hub:
             if member is not subject:
                 member.presence(name, status, LOBBY)
 
+    def logout_name(self, member: Member, name: str) -> None:
+        """Free ``name`` taken for ``member`` that went away while logging in."""
+        previous, member.name = member.name, name
+        self.logout(member)
+        member.name = previous
+
     def names(self) -> list[str]:
         """Logged-in usernames in login order."""
         return [member.name for member in self._members.values() if member.name is not None]
@@ -121,9 +132,17 @@ class Hub:
         """A page of the lobby's history (see :meth:`HistoryStore.page`)."""
         return self.history.page(LOBBY, before=before, after=after, limit=limit)
 
-    def post(self, member: Member, text: str, ref: Any = None) -> StoredMessage:
+    def post(self, member: Member, text: str, ref: Any = None) -> StoredMessage | None:
         """Validate ``text`` from ``member`` and queue it to be stored, then delivered."""
         assert member.name is not None
+        text = self.checked_text(text)
+        message = self.history.append(LOBBY, member.name, text, self.now())
+        self._batch.append((message, member, ref))
+        self._schedule_flush()
+        return message
+
+    def checked_text(self, text: str) -> str:
+        """The message text cleaned, or ``empty_message``/``message_too_long``."""
         text = clean_text(text)
         if not text.strip():
             raise ChatError(messages.EMPTY_MESSAGE, "Message is empty.")
@@ -132,12 +151,9 @@ class Hub:
                 messages.MESSAGE_TOO_LONG,
                 f"Message too long: {len(text)} characters, the limit is {self.max_message}.",
             )
-        message = self.history.append(LOBBY, member.name, text, self.now())
-        self._batch.append((message, member, ref))
-        self._schedule_flush()
-        return message
+        return text
 
-    def after_flush(self, action: Any) -> None:
+    def after_flush(self, action: Any, member: Member | None = None) -> None:
         """Run ``action`` after the pending batch is stored and delivered."""
         if not self._batch:
             action()

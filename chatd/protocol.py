@@ -12,7 +12,9 @@ import json
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.basic import LineReceiver
 
 from chatd import __version__, messages
@@ -97,6 +99,7 @@ class ChatProtocol(LineReceiver):
     _waiting_for_store = False
     _held: list[bytes] | None = None
     _batched = 0  # our messages in the pending batch
+    _answering = False  # a request is being answered later (clustered hub)
     _reading_paused = False
 
     def connectionMade(self) -> None:
@@ -151,7 +154,7 @@ class ChatProtocol(LineReceiver):
         would answer directly waits until our echoes are out: each
         connection sees its responses in request order.
         """
-        while self._events and not self.closing and self._held is None:
+        while self._events and not self.closing and self._held is None and not self._answering:
             if self._waiting_for_store and (
                 not _is_msg(self._events[0]) or self._batched >= MAX_BATCH_PER_CONNECTION
             ):
@@ -202,13 +205,32 @@ class ChatProtocol(LineReceiver):
             return
         self._ref = ref
         try:
-            self._dispatch(request)
+            result = self._dispatch(request)
         except ChatError as failure:
             self.send_error(failure.code, failure.text)
-        finally:
-            self._ref = None
+            result = None
+        if isinstance(result, Deferred):
+            # A clustered hub answers later: this connection's next
+            # requests wait, and the ref stays set for the answer.
+            self._answering = True
+            result.addErrback(self._async_failed).addBoth(self._async_done)
+            return
+        self._ref = None
 
-    def _dispatch(self, request: dict[str, Any]) -> None:
+    def _async_failed(self, failure: Failure) -> None:
+        error = failure.check(ChatError)
+        if error is None:
+            self.log.failure("request failed", failure)
+            self.send_error(messages.SERVER_BUSY, "The server could not complete this request; try again.")
+        else:
+            self.send_error(failure.value.code, failure.value.text)
+
+    def _async_done(self, _: object) -> None:
+        self._answering = False
+        self._ref = None
+        self._process_events()
+
+    def _dispatch(self, request: dict[str, Any]) -> Any:
         """The checks of PROTOCOL.md section 2, in order, then the handler."""
         kind = request.get("request")
         if not isinstance(kind, str):
@@ -228,21 +250,27 @@ class ChatProtocol(LineReceiver):
             raise ChatError(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be {wanted}.")
         if self.name is None and kind not in PRE_LOGIN:
             raise ChatError(messages.NOT_LOGGED_IN, "You are not logged in. Log in first.")
-        handler(content)
+        return handler(content)
 
     # -- requests --------------------------------------------------------
 
-    def request_login(self, content: Any) -> None:
+    def request_login(self, content: Any) -> Any:
         """``login``: take a username, then send the room's recent history."""
         hub = self.factory.hub
         if self.name is not None:
             raise ChatError(messages.ALREADY_LOGGED_IN, f"You are already logged in as {self.name}.")
-        self.name = hub.login(self, content)
+        return _then(hub.login(self, content), self._logged_in)
+
+    def _logged_in(self, name: str) -> Any:
+        if self.closing:
+            self.factory.hub.logout_name(self, name)
+            return None
+        self.name = name
         self._cancel_login_timer()
         self._start_idle_timer()
         self.log.info("{user} logged in from {peer}", user=self.name, peer=_peer(self))
         self.send_info(f"Login successful. You are now logged in as {self.name}")
-        self._send_login_history()
+        return self._send_login_history()
 
     def request_logout(self, content: Any) -> None:
         """``logout``: leave the registry and return to the logged-out state."""
@@ -272,11 +300,11 @@ class ChatProtocol(LineReceiver):
         self._batched += 1
         if not self._waiting_for_store:
             self._waiting_for_store = True
-            hub.after_flush(self._store_done)
+            hub.after_flush(self._store_done, self)
 
-    def request_names(self, content: Any) -> None:
+    def request_names(self, content: Any) -> Any:
         """``names``: the logged-in users in login order."""
-        self.send_info(", ".join(self.factory.hub.names()))
+        return _then(self.factory.hub.names(), lambda names: self.send_info(", ".join(names)))
 
     def request_help(self, content: Any) -> None:
         """``help``: every request and its content."""
@@ -304,7 +332,7 @@ class ChatProtocol(LineReceiver):
         """``ping`` (v2): ``pong`` echoing the content."""
         self.send_response(messages.response("pong", content, self.factory.hub.now()))
 
-    def request_history(self, content: dict[str, Any] | None) -> None:
+    def request_history(self, content: dict[str, Any] | None) -> Any:
         """``history`` (v2): a page before or after an id, oldest first, with ``more``."""
         query = content or {}
         room = query.get("room", LOBBY)
@@ -316,7 +344,11 @@ class ChatProtocol(LineReceiver):
         if before is not None and after is not None:
             raise ChatError(messages.BAD_REQUEST, "Bad request: give 'before' or 'after', not both.")
         limit = _id_field(query, "limit")
-        found, more = self.factory.hub.page(before, after, DEFAULT_PAGE if limit is None else limit)
+        page = self.factory.hub.page(before, after, DEFAULT_PAGE if limit is None else limit)
+        return _then(page, self._send_page)
+
+    def _send_page(self, page: tuple[list[StoredMessage], bool]) -> None:
+        found, more = page
         history = self._history_content(found)
         self.send_response(messages.response("history", history, self.factory.hub.now(), more=more))
 
@@ -408,11 +440,12 @@ class ChatProtocol(LineReceiver):
         else:
             self.output.when_drained(self.transport.loseConnection)
 
-    def _send_login_history(self) -> None:
-        config = self.factory.config
+    def _send_login_history(self) -> Any:
         hub = self.factory.hub
-        found = hub.recent(config.history_on_login)
-        timestamp = hub.now()
+        return _then(hub.recent(self.factory.config.history_on_login), self._send_recent)
+
+    def _send_recent(self, found: list[StoredMessage]) -> None:
+        timestamp = self.factory.hub.now()
         content: list[Any]
         if self.version == 1 and self.output is not None and self.output.name == CLASSIC:
             content = trimmed_history([message.payload for message in found], timestamp, CLASSIC_READ_SIZE)
@@ -521,6 +554,13 @@ _TYPE_NAMES = {str: "a string", dict: "an object", type(None): "null"}
 
 #: Page size of a ``history`` request without ``limit``.
 DEFAULT_PAGE = 100
+
+
+def _then(result: Any, action: Any) -> Any:
+    """``action(result)`` now, or when ``result`` (a Deferred) fires."""
+    if isinstance(result, Deferred):
+        return result.addCallback(action)
+    return action(result)
 
 
 def _is_msg(event: Decoded) -> bool:

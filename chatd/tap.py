@@ -68,6 +68,16 @@ def _framing(value: str) -> str:
     return value
 
 
+def _cluster_url(value: str) -> str:
+    from chatd.cluster import parse_url
+
+    try:
+        parse_url(value)
+    except ValueError as problem:
+        raise usage.UsageError(str(problem)) from None
+    return value
+
+
 def _log_format(value: str) -> str:
     if value not in ("text", "json"):
         raise usage.UsageError("--log-format must be text or json")
@@ -138,6 +148,7 @@ class Options(usage.Options):
         ["max-per-ip", None, 20, "Connections from one address (0: no limit; loopback is not exempt).", _non_negative_int("max-per-ip")],
         ["max-connections", None, 10000, "Connections in all (0: no limit).", _non_negative_int("max-connections")],
         ["web", None, None, "Serve the browser client, /ws, /health and /metrics on this endpoint (e.g. tcp:8080) [default: off]."],
+        ["cluster", None, None, "Join a cluster of chatd nodes through Redis: redis://HOST:PORT/DB [default: single node].", _cluster_url],
         ["log-format", None, "text", "Log format: text, or json (one JSON object per line).", _log_format],
         ["history", None, "sqlite", "Where history is kept: sqlite (durable, the default) or memory.", _history_kind],
         ["data-dir", None, ".", f"Directory of the history database ({DATABASE_NAME})."],
@@ -242,7 +253,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    hub = Hub(reactor, open_history(options), max_message=options["max-message"])
+    if options["cluster"]:
+        from chatd.cluster import ClusterHub, ClusterService
+
+        hub: Hub = ClusterHub(reactor, options["cluster"], max_message=options["max-message"])
+    else:
+        hub = Hub(reactor, open_history(options), max_message=options["max-message"])
     factory = ChatFactory(hub, options.config(), reactor)
     observer = None
     if options["log-format"] == "json":
@@ -251,6 +267,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # Stopped in reverse order: listeners, then users told and closed,
     # then history stored and closed.
     HistoryService(hub, options["history-retention"] or Retention(), reactor).setServiceParent(top)
+    if options["cluster"]:
+        ClusterService(hub, reactor).setServiceParent(top)  # type: ignore[arg-type]
     ShutdownService(factory).setServiceParent(top)
     for endpoint in options["endpoints"]:
         try:

@@ -1,0 +1,253 @@
+"""Several chatd nodes on one Redis: one name space, one order, one history.
+
+End to end: a real ``redis-server`` (started here, on a free loopback
+port, append-only file on) and real ``twistd chatd --cluster`` nodes.
+Skipped when redis-server is missing, except under CI (``.ci/run``
+installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.e2e import DEADLINE, LinesClient, ServerProcess, can_connect, free_port, wait_for
+
+
+class RedisProcess:
+    """``redis-server`` on a loopback port, with an append-only file."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        log = open(os.path.join(self.workdir, "redis.log"), "ab")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: can_connect(self.port), "redis-server")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=DEADLINE)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def _require_redis() -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            raise AssertionError("redis-server is missing: .ci/run should install it")
+        raise SkipTest("redis-server is not installed")
+
+
+class ClusterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        _require_redis()
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.redis = RedisProcess(self.base).start()
+        self.addCleanup(self.redis.stop)
+        self.nodes = [self.node(i) for i in range(3)]
+
+    def node(self, index: int) -> ServerProcess:
+        workdir = os.path.join(self.base, f"node{index}")
+        os.makedirs(workdir, exist_ok=True)
+        node = ServerProcess(workdir, "--cluster", self.redis.url, "--msg-rate", "0").start()
+        self.addCleanup(node.kill)
+        return node
+
+    def login(self, node: ServerProcess, name: str) -> LinesClient:
+        client = LinesClient(node.port)
+        self.addCleanup(client.close)
+        client.send("login", name)
+        info = client.receive()
+        self.assertEqual(info["content"], f"Login successful. You are now logged in as {name}", info)
+        client.receive()
+        return client
+
+    def serves(self, node: ServerProcess, name: str) -> bool:
+        """Whether ``node`` accepts a login now (then logs out again)."""
+        client = LinesClient(node.port)
+        try:
+            client.send("login", name)
+            ok = client.receive()["response"] == "info"
+            if ok:
+                client.receive()
+                client.send("logout")
+                client.receive()
+            else:
+                time.sleep(0.5)
+            return ok
+        finally:
+            client.close()
+
+    def names(self, node: ServerProcess) -> str:
+        client = LinesClient(node.port)
+        try:
+            client.send("login", f"probe{int(time.monotonic() * 1000) % 100000}")
+            client.receive()
+            client.receive()
+            client.send("names")
+            return str(client.receive()["content"])
+        finally:
+            client.close()
+
+    def test_users_on_different_nodes_see_one_order(self) -> None:
+        users = [self.login(node, f"user{i}") for i, node in enumerate(self.nodes)]
+        per_user = 30
+
+        def send_all(index: int) -> None:
+            for n in range(per_user):
+                users[index].send("msg", f"{index}:{n}")
+
+        threads = [threading.Thread(target=send_all, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE)
+        seen = []
+        for user in users:
+            got = []
+            while len(got) < 3 * per_user:
+                response = user.receive()
+                if response["response"] == "message":
+                    got.append((response["id"], response["sender"], response["content"], response["timestamp"]))
+            seen.append(got)
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual(seen[0], seen[2])
+        ids = [item[0] for item in seen[0]]
+        self.assertEqual(ids, sorted(set(ids)))
+        for index in range(3):  # each sender's own messages in its order
+            own = [content for _, sender, content, _ in seen[0] if sender == f"user{index}"]
+            self.assertEqual(own, [f"{index}:{n}" for n in range(per_user)])
+
+    def test_names_are_cluster_wide(self) -> None:
+        self.login(self.nodes[0], "Alice")
+        other = LinesClient(self.nodes[1].port)
+        self.addCleanup(other.close)
+        for name in ("alice", "ALICE"):
+            other.send("login", name)
+            response = other.receive()
+            self.assertEqual(response["code"], "name_taken", response)
+        self.login(self.nodes[2], "007")
+        self.assertIn("Alice", self.names(self.nodes[1]))
+        self.assertIn("007", self.names(self.nodes[1]))
+
+    def test_strings_stay_strings(self) -> None:
+        sender = self.login(self.nodes[0], "007")
+        receiver = self.login(self.nodes[1], "reader")
+        sender.send("msg", "0042")
+        echo = sender.receive()
+        seen = receiver.receive()
+        self.assertEqual((seen["sender"], seen["content"]), ("007", "0042"))
+        self.assertEqual(seen, echo)
+
+    def test_name_free_again_after_close(self) -> None:
+        first = self.login(self.nodes[0], "leaving")
+        first.close()
+        other = LinesClient(self.nodes[1].port)
+        self.addCleanup(other.close)
+
+        def taken_again() -> bool:
+            other.send("login", "leaving")
+            response = other.receive()
+            if response["response"] == "info":
+                other.receive()
+                return True
+            return False
+
+        started = time.monotonic()
+        wait_for(taken_again, "the name to be free", deadline=10)
+        self.assertLess(time.monotonic() - started, 6)
+
+    def test_dead_node_users_leave_names(self) -> None:
+        self.login(self.nodes[1], "doomed")
+        self.assertIn("doomed", self.names(self.nodes[0]))
+        self.nodes[1].stop(signal.SIGKILL)
+        started = time.monotonic()
+        wait_for(lambda: "doomed" not in self.names(self.nodes[0]), "the dead node's user to leave", deadline=20)
+        self.assertLess(time.monotonic() - started, 15)
+
+    def test_history_is_shared(self) -> None:
+        writer = self.login(self.nodes[0], "writer")
+        for n in range(5):
+            writer.send("msg", f"m{n}")
+            writer.receive()
+        reader = LinesClient(self.nodes[2].port)
+        self.addCleanup(reader.close)
+        reader.send("hello", {"protocol": 2})
+        reader.receive()
+        reader.send("login", "reader")
+        reader.receive()
+        history = reader.receive()["content"]
+        self.assertEqual([m["content"] for m in history], [f"m{n}" for n in range(5)])
+        reader.send("history", {"after": history[1]["id"], "limit": 2})
+        page = reader.receive()
+        self.assertEqual(([m["content"] for m in page["content"]], page["more"]), (["m2", "m3"], True))
+        reader.send("history", {"before": history[1]["id"]})
+        page = reader.receive()
+        self.assertEqual(([m["content"] for m in page["content"]], page["more"]), (["m0"], False))
+
+    def test_redis_restart(self) -> None:
+        alice = self.login(self.nodes[0], "alice")
+        bob = self.login(self.nodes[1], "bob")
+        alice.send("msg", "before the restart")
+        acknowledged = alice.receive()
+        bob.receive()
+        self.redis.stop()
+        # New logins are refused quickly while Redis is away.
+        newcomer = LinesClient(self.nodes[2].port)
+        self.addCleanup(newcomer.close)
+        started = time.monotonic()
+        newcomer.send("login", "newcomer")
+        self.assertEqual(newcomer.receive()["code"], "server_busy")
+        self.assertLess(time.monotonic() - started, 5)
+        self.redis.start()  # same port, same append-only file
+        started = time.monotonic()
+
+        def serving() -> bool:
+            newcomer.send("login", "newcomer")
+            response = newcomer.receive()
+            if response["response"] == "info":
+                newcomer.receive()
+                return True
+            time.sleep(0.5)
+            return False
+
+        wait_for(serving, "the cluster to serve again", deadline=30)
+        for index, node in enumerate(self.nodes):  # every node is back
+            wait_for(lambda: self.serves(node, f"probe{index}"), f"node {index} to serve again", deadline=30)
+        self.assertLess(time.monotonic() - started, 20)
+        # Connected users stayed connected and still chat.
+        bob.send("msg", "after the restart")
+        for client in (alice, bob, newcomer):
+            message = client.receive()
+            while message["response"] != "message":
+                message = client.receive()
+            self.assertEqual(message["content"], "after the restart")
+            self.assertGreater(message["id"], acknowledged["id"])
+        # The acknowledged message survived in history.
+        newcomer.send("history", {"after": 0})
+        contents = [json.loads(m)["content"] for m in newcomer.receive()["content"]]
+        self.assertEqual(contents, ["before the restart", "after the restart"])
+
+

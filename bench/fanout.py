@@ -102,6 +102,15 @@ class Server:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def ports(self) -> list[int]:
+        """Where clients connect (spread over these, round-robin)."""
+        return [self.port]
+
+    def cpu(self) -> float:
+        """CPU seconds of every process of this server."""
+        return cpu_seconds(self.pid)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -116,11 +125,12 @@ class Chatd(Server):
     name = "chatd"
     protocol = "json"
     profile: str | None = None  # --profile: cProfile output of the server
+    extra: list[str] = []  # more chatd options
 
     def command(self) -> list[str]:
         profiling = ["--profiler=cprofile", f"--profile={self.profile}", "--savestats"] if self.profile else []
         return [*twistd_command(), *profiling, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                "--msg-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir]
+                "--msg-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir, *self.extra]
 
 
 INSPIRCD_CONF = """
@@ -143,6 +153,52 @@ INSPIRCD_CONF = """
          pingwarning="15" serverpingfreq="60" defaultmodes="nt" xlinemessage="banned" exemptchanops=""
          invitebypassmodes="yes" nosnoticestack="no">
 """
+
+
+class ChatdCluster(Server):
+    """N chatd nodes on one redis-server (``--cluster-nodes N``)."""
+
+    name = "chatd-cluster"
+    protocol = "json"
+    nodes = 2
+
+    def __init__(self, workdir: str) -> None:
+        super().__init__(workdir)
+        self.redis_port = free_port()
+        self.members: list[Chatd] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.redis = subprocess.Popen(
+            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for index in range(self.nodes):
+            workdir = os.path.join(self.workdir, f"node{index}")
+            os.makedirs(workdir)
+            node = Chatd(workdir)
+            node.extra = ["--cluster", f"redis://127.0.0.1:{self.redis_port}/0", "--max-sendq", "0"]
+            node.start()
+            self.members.append(node)
+        time.sleep(1)  # let every node reach Redis
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.members]
+
+    def cpu(self) -> float:
+        assert self.redis is not None
+        return sum(node.cpu() for node in self.members) + cpu_seconds(self.redis.pid)
+
+    def stop(self) -> None:
+        for node in self.members:
+            node.stop()
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.send_signal(signal.SIGTERM)
+            self.redis.wait(timeout=15)
 
 
 class InspIRCd(Server):
@@ -224,10 +280,11 @@ class IrcDialect(Dialect):
         return f"PRIVMSG #bench :{text}\r\n".encode()
 
 
-async def connect_all(port: int, dialect: Dialect, count: int) -> list[Client]:
+async def connect_all(ports: list[int], dialect: Dialect, count: int) -> list[Client]:
     clients: list[Client] = []
 
     async def one(index: int) -> Client:
+        port = ports[index % len(ports)]
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, limit=1 << 20), WAIT)
         client = Client(index, reader, writer)
         await dialect.join(client)
@@ -275,12 +332,12 @@ def expected_per_client(server: Server, client: Client, senders: int, per_sender
 
 async def burst(server: Server, clients_n: int, senders: int, messages: int) -> dict[str, float]:
     dialect = JsonDialect() if server.protocol == "json" else IrcDialect()
-    clients = await connect_all(server.port, dialect, clients_n)
+    clients = await connect_all(server.ports, dialect, clients_n)
     await asyncio.sleep(0.5)  # let the joins settle
     readers = [asyncio.ensure_future(count_deliveries(c, dialect, expected_per_client(server, c, senders, messages), False))
                for c in clients]
     payloads = [b"".join(dialect.message(f"burst {s}.{n} " + "x" * 40) for n in range(messages)) for s in range(senders)]
-    cpu_before, mine_before, started = cpu_seconds(server.pid), own_cpu(), time.perf_counter()
+    cpu_before, mine_before, started = server.cpu(), own_cpu(), time.perf_counter()
     for sender, payload in zip(clients[:senders], payloads):
         sender.writer.write(payload)
     try:
@@ -288,7 +345,7 @@ async def burst(server: Server, clients_n: int, senders: int, messages: int) -> 
     except asyncio.TimeoutError:
         pass
     elapsed = time.perf_counter() - started
-    cpu = cpu_seconds(server.pid) - cpu_before
+    cpu = server.cpu() - cpu_before
     mine = own_cpu() - mine_before
     delivered = sum(c.received for c in clients)
     expected = sum(expected_per_client(server, c, senders, messages) for c in clients)
@@ -300,14 +357,14 @@ async def burst(server: Server, clients_n: int, senders: int, messages: int) -> 
 
 async def rate(server: Server, clients_n: int, senders: int, per_second: float, seconds: float) -> dict[str, float]:
     dialect = JsonDialect() if server.protocol == "json" else IrcDialect()
-    clients = await connect_all(server.port, dialect, clients_n)
+    clients = await connect_all(server.ports, dialect, clients_n)
     await asyncio.sleep(0.5)
     total = int(per_second * seconds)
     per_sender = total // senders
     total = per_sender * senders
     readers = [asyncio.ensure_future(count_deliveries(c, dialect, expected_per_client(server, c, senders, per_sender), True))
                for c in clients]
-    cpu_before, mine_before, started = cpu_seconds(server.pid), own_cpu(), time.perf_counter()
+    cpu_before, mine_before, started = server.cpu(), own_cpu(), time.perf_counter()
     interval = 1.0 / per_second
     for n in range(total):
         due = started + n * interval
@@ -320,7 +377,7 @@ async def rate(server: Server, clients_n: int, senders: int, per_second: float, 
         await asyncio.wait_for(asyncio.gather(*readers), 10)
     except asyncio.TimeoutError:
         pass
-    cpu = cpu_seconds(server.pid) - cpu_before
+    cpu = server.cpu() - cpu_before
     mine = own_cpu() - mine_before
     latencies = sorted(latency for c in clients for latency in c.latencies)
     expected = sum(expected_per_client(server, c, senders, per_sender) for c in clients)
@@ -338,7 +395,7 @@ async def rate(server: Server, clients_n: int, senders: int, per_second: float, 
 # -- driver ----------------------------------------------------------------
 
 
-SERVERS = {"chatd": Chatd, "inspircd": InspIRCd}
+SERVERS = {"chatd": Chatd, "inspircd": InspIRCd, "chatd-cluster": ChatdCluster}
 
 
 def run_one(kind: str, shape: str, args: argparse.Namespace) -> dict[str, float]:
@@ -365,10 +422,12 @@ def main() -> None:
     parser.add_argument("--rate-senders", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--cluster-nodes", type=int, default=2, help="nodes of the chatd-cluster server")
     parser.add_argument("--profile", help="write chatd's cProfile stats here (one run; prints the top functions)")
     args = parser.parse_args()
     if args.profile:
         Chatd.profile = os.path.abspath(args.profile)
+    ChatdCluster.nodes = args.cluster_nodes
     servers = args.servers.split(",")
     shapes = args.shapes.split(",")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}

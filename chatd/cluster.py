@@ -66,13 +66,18 @@ redis.call('ZADD', KEYS[3], seq, ARGV[3])
 return seq
 """
 
-# Refresh our names; re-take any that expired while we were away.
+# Refresh our names; re-take any that expired while we were away (and put
+# them back in the login order, which `names` may have pruned meanwhile).
+# KEYS: the users set, then one name key per name; ARGV: the expiry, then
+# (value, lower-cased name, login sequence) for each name.
 REFRESH_NAMES = """
 local lost = 0
-for i, key in ipairs(KEYS) do
-  local value = redis.call('GET', key)
-  if value == false or value == ARGV[i] then
-    redis.call('SET', key, ARGV[i], 'PX', ARGV[#ARGV])
+for i = 2, #KEYS do
+  local base = 2 + (i - 2) * 3
+  local value = redis.call('GET', KEYS[i])
+  if value == false or value == ARGV[base] then
+    redis.call('SET', KEYS[i], ARGV[base], 'PX', ARGV[1])
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[base + 2], ARGV[base + 1])
   else
     lost = lost + 1
   end
@@ -193,7 +198,8 @@ class ClusterHub(Hub):
         self._pending: dict[str, tuple[Member, Any]] = {}
         self._waiting: dict[int, int] = {}  # id(member) -> messages not yet back
         self._waiters: dict[int, list[Any]] = {}
-        self._values: dict[int, tuple[str, str]] = {}  # id(member) -> (key, value)
+        # id(member) -> (name key, its value, lower-cased name, login sequence)
+        self._values: dict[int, tuple[str, str, str, str]] = {}
         self._ready_waiters: list[Deferred[None]] = []
         self._stopped = False
 
@@ -215,11 +221,13 @@ class ClusterHub(Hub):
 
     def heartbeat(self) -> None:
         """Refresh our names (re-take expired ones)."""
-        values = list(self._values.values())
-        if not values or not self.commands.connected:
+        names = list(self._values.values())
+        if not names or not self.commands.connected:
             return
-        keys = [key for key, _ in values]
-        args = [value for _, value in values] + [str(NAME_TTL_MS)]
+        keys = ["chatd:users"] + [key for key, _value, _lower, _seq in names]
+        args = [str(NAME_TTL_MS)]
+        for _key, value, lower, seq in names:
+            args += [value, lower, seq]
         d = self.commands.call("EVAL", REFRESH_NAMES, str(len(keys)), *keys, *args)
         d.addCallback(self._refreshed).addErrback(self._log_failure, "refreshing names")
 
@@ -269,7 +277,7 @@ class ClusterHub(Hub):
             if not int(seq):
                 raise ChatError(messages.NAME_TAKEN, f"Username '{name}' is taken.")
             self._members[lower] = member
-            self._values[id(member)] = (key, value)
+            self._values[id(member)] = (key, value, lower, str(seq))
             self._announce(name, "online", member)
             return name
 
@@ -287,7 +295,7 @@ class ClusterHub(Hub):
         super().logout(member)
 
     def _release(self, member: Member) -> Deferred[Any]:
-        key, value = self._values.pop(id(member), (None, None))
+        key, value, _lower, _seq = self._values.pop(id(member), (None, None, None, None))
         if key is None or member.name is None:
             return succeed(None)
         return self.commands.call("EVAL", RELEASE_NAME, "2", key, "chatd:users", value, member.name.lower())

@@ -251,3 +251,164 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(contents, ["before the restart", "after the restart"])
 
 
+
+
+class DroppingProxy:
+    """A TCP proxy to Redis that the test can cut: it drops every
+    connection and refuses new ones while blocked. Loopback only; its
+    threads are daemons and stop with ``close``."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.blocked = False
+        self.closed = False
+        self.pairs: list[tuple[Any, Any]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.blocked:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: Any, sink: Any) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones."""
+        import socket
+
+        self.blocked = True
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                except OSError:
+                    pass
+
+    def restore(self) -> None:
+        """Let connections through again."""
+        self.blocked = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+class ProxiedNodeTests(SynchronousTestCase):
+    """A node whose way to Redis drops: it survives and catches up."""
+
+    def setUp(self) -> None:
+        _require_redis()
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.redis = RedisProcess(self.base).start()
+        self.addCleanup(self.redis.stop)
+        self.proxy = DroppingProxy(self.redis.port)
+        self.addCleanup(self.proxy.close)
+        self.direct = self.node("direct", self.redis.url)
+        self.proxied = self.node("proxied", f"redis://127.0.0.1:{self.proxy.port}/0")
+
+    def node(self, label: str, url: str) -> ServerProcess:
+        workdir = os.path.join(self.base, label)
+        os.makedirs(workdir)
+        node = ServerProcess(workdir, "--cluster", url, "--msg-rate", "0").start()
+        self.addCleanup(node.kill)
+        return node
+
+    def login(self, node: ServerProcess, name: str) -> LinesClient:
+        client = LinesClient(node.port)
+        self.addCleanup(client.close)
+        client.send("login", name)
+        self.assertEqual(client.receive()["response"], "info")
+        client.receive()
+        return client
+
+    def names(self) -> str:
+        client = LinesClient(self.direct.port)
+        try:
+            client.send("login", f"probe{int(time.monotonic() * 1000) % 100000}")
+            client.receive()
+            client.receive()
+            client.send("names")
+            return str(client.receive()["content"])
+        finally:
+            client.close()
+
+    def test_catches_up_in_order_after_losing_redis(self) -> None:
+        talker = self.login(self.direct, "talker")
+        listener = self.login(self.proxied, "listener")
+        talker.send("msg", "before")
+        talker.receive()
+        self.assertEqual(listener.receive()["content"], "before")
+        self.proxy.cut()
+        # Cut off: new logins there are refused quickly, users stay.
+        newcomer = LinesClient(self.proxied.port)
+        self.addCleanup(newcomer.close)
+        started = time.monotonic()
+        newcomer.send("login", "newcomer")
+        self.assertEqual(newcomer.receive()["code"], "server_busy")
+        self.assertLess(time.monotonic() - started, 5)
+        sent = [f"missed {n}" for n in range(20)]
+        for text in sent:
+            talker.send("msg", text)
+            talker.receive()
+        self.proxy.restore()
+        got = []
+        while len(got) < len(sent):
+            response = listener.receive()
+            if response["response"] == "message":
+                got.append(response["content"])
+        self.assertEqual(got, sent)  # all of them, in order, none twice
+        listener.send("msg", "back")
+        self.assertEqual(listener.receive()["content"], "back")
+        self.assertEqual(talker.receive()["content"], "back")
+
+    def test_names_reasserted_after_they_expired(self) -> None:
+        self.login(self.proxied, "bee")
+        self.assertIn("bee", self.names())
+        self.proxy.cut()
+        wait_for(lambda: "bee" not in self.names(), "the name to expire while cut off", deadline=20)
+        self.proxy.restore()
+        wait_for(lambda: "bee" in self.names(), "the name to be taken again", deadline=20)

@@ -334,7 +334,7 @@ class ClusterHub(Hub):
             "EVAL", PUBLISH, "2", f"chatd:seq:{LOBBY}", self.stream_key,
             member.name, text, self.now(), self.node, token, str(STREAM_MAXLEN),
         )
-        d.addErrback(self._publish_failed, token)
+        d.addCallbacks(lambda _: self.metrics.messages_accepted.inc(), self._publish_failed, errbackArgs=(token,))
         return None
 
     def _publish_failed(self, failure: Any, token: str) -> None:
@@ -415,7 +415,6 @@ class ClusterHub(Hub):
             if origin is not None:
                 origins.append(origin)
         if batch:
-            self.metrics.messages_accepted.inc(len(batch))
             self._fan_out(batch)
         for origin in origins:
             self._done(origin)

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.e2e import LinesClient, ServerProcess, free_port, wait_for
+from tests.e2e import can_connect, LinesClient, ServerProcess, free_port, wait_for
 
 CHROMIUM = os.environ.get("CHATD_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [
@@ -62,7 +62,7 @@ class BrowserTests(SynchronousTestCase):
     def start_server(self) -> ServerProcess:
         server = ServerProcess(self.workdir, "--web", f"tcp:{self.web_port}:interface=127.0.0.1").start()
         self.addCleanup(server.kill)
-        wait_for(lambda: _can_connect(self.web_port), "the web listener")
+        wait_for(lambda: can_connect(self.web_port), "the web listener")
         return server
 
     def open_page(self, name: str) -> Any:
@@ -160,9 +160,3 @@ class BrowserTests(SynchronousTestCase):
         self.wait_text(page, "after the return")
         self.assertEqual(self.texts(page), ["before 0", "before 1", "before 2", "while you were away", "after the return"])
         page.screenshot(path=os.path.join(self.artifacts, "resumed.png"))
-
-
-def _can_connect(port: int) -> bool:
-    from tests.e2e import can_connect
-
-    return can_connect(port)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from typing import Any
 
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -52,6 +53,30 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
+def names_at(port: int) -> str:
+    """The ``names`` answer of the node on ``port`` (asked by a probe user)."""
+    client = LinesClient(port)
+    try:
+        client.send("login", f"probe{int(time.monotonic() * 1000) % 100000}")
+        client.receive()
+        client.receive()
+        client.send("names")
+        return str(client.receive()["content"])
+    finally:
+        client.close()
+
+
+def login_at(case: SynchronousTestCase, port: int, name: str) -> LinesClient:
+    """A client logged in as ``name`` on the node on ``port``, closed at cleanup."""
+    client = LinesClient(port)
+    case.addCleanup(client.close)
+    client.send("login", name)
+    info = client.receive()
+    case.assertEqual(info["content"], f"Login successful. You are now logged in as {name}", info)
+    client.receive()
+    return client
+
+
 def _require_redis() -> None:
     if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
@@ -76,13 +101,7 @@ class ClusterTests(SynchronousTestCase):
         return node
 
     def login(self, node: ServerProcess, name: str) -> LinesClient:
-        client = LinesClient(node.port)
-        self.addCleanup(client.close)
-        client.send("login", name)
-        info = client.receive()
-        self.assertEqual(info["content"], f"Login successful. You are now logged in as {name}", info)
-        client.receive()
-        return client
+        return login_at(self, node.port, name)
 
     def serves(self, node: ServerProcess, name: str) -> bool:
         """Whether ``node`` accepts a login now (then logs out again)."""
@@ -101,15 +120,7 @@ class ClusterTests(SynchronousTestCase):
             client.close()
 
     def names(self, node: ServerProcess) -> str:
-        client = LinesClient(node.port)
-        try:
-            client.send("login", f"probe{int(time.monotonic() * 1000) % 100000}")
-            client.receive()
-            client.receive()
-            client.send("names")
-            return str(client.receive()["content"])
-        finally:
-            client.close()
+        return names_at(node.port)
 
     def test_users_on_different_nodes_see_one_order(self) -> None:
         users = [self.login(node, f"user{i}") for i, node in enumerate(self.nodes)]
@@ -358,23 +369,10 @@ class ProxiedNodeTests(SynchronousTestCase):
         return node
 
     def login(self, node: ServerProcess, name: str) -> LinesClient:
-        client = LinesClient(node.port)
-        self.addCleanup(client.close)
-        client.send("login", name)
-        self.assertEqual(client.receive()["response"], "info")
-        client.receive()
-        return client
+        return login_at(self, node.port, name)
 
     def names(self) -> str:
-        client = LinesClient(self.direct.port)
-        try:
-            client.send("login", f"probe{int(time.monotonic() * 1000) % 100000}")
-            client.receive()
-            client.receive()
-            client.send("names")
-            return str(client.receive()["content"])
-        finally:
-            client.close()
+        return names_at(self.direct.port)
 
     def test_catches_up_in_order_after_losing_redis(self) -> None:
         talker = self.login(self.direct, "talker")

@@ -9,7 +9,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import DEADLINE, ClassicClient, LinesClient, ServerProcess, free_port, twistd_command, wait_for
+from tests.e2e import can_connect, DEADLINE, ClassicClient, LinesClient, ServerProcess, free_port, twistd_command, wait_for
 
 
 class EndToEndTests(SynchronousTestCase):
@@ -388,7 +388,7 @@ class DeploymentEndToEndTests(SynchronousTestCase):
         key, cert = ca.issue(hostname)
         tls_port = free_port()
         server = self.start("--listen", f"ssl:{tls_port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
-        wait_for(lambda: _can_connect(tls_port), "the TLS listener")
+        wait_for(lambda: can_connect(tls_port), "the TLS listener")
         return server, tls_port, ca.path
 
     def test_plain_and_tls_share_one_room(self) -> None:
@@ -495,11 +495,6 @@ class DeploymentEndToEndTests(SynchronousTestCase):
         self.assertTrue(any("logged in from 127.0.0.1" in message for message in messages), messages)
         self.assertTrue(all({"time", "level", "message"} <= set(record) for record in records))
 
-
-def _can_connect(port: int) -> bool:
-    from tests.e2e import can_connect
-
-    return can_connect(port)
 
 
 class HealthcheckTests(SynchronousTestCase):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from chatd.history import HistoryError
 from chatd.web import HealthResource, MetricsResource, OriginCheckedWebSocketResource, WebSocketChatTransport
 
-from tests.e2e import DEADLINE, LinesClient, ServerProcess, free_port, wait_for
+from tests.e2e import can_connect, DEADLINE, LinesClient, ServerProcess, free_port, wait_for
 from tests.support import FakeClient, make_factory
 
 
@@ -165,7 +164,7 @@ class WebEndToEndTests(SynchronousTestCase):
         self.server = ServerProcess(workdir, "--web", f"tcp:{self.web_port}:interface=127.0.0.1",
                                     "--max-request", "1000").start()
         self.addCleanup(self.server.kill)
-        wait_for(lambda: _can_connect(self.web_port), "the web listener")
+        wait_for(lambda: can_connect(self.web_port), "the web listener")
 
     def ws(self, **options: Any) -> Any:
         import websocket
@@ -259,11 +258,3 @@ class WebEndToEndTests(SynchronousTestCase):
         self.assertIn('<script src="app.js">', page)
         self.assertIn("script-src 'self'", policy)
         self.assertNotRegex(page, r"(src|href)=\"(https?:)?//")
-
-
-def _can_connect(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True

@@ -13,6 +13,8 @@ What Redis holds, and how every node uses it:
   id it delivered: nothing is skipped.
 - **History**: the stream itself (``XRANGE``/``XREVRANGE``), capped with
   ``MAXLEN ~``.
+- **Presence**: a second, short stream (``chatd:presence:<room>``), read
+  in the same ``XREAD``: users on every node hear who came and went.
 - **Names**: ``chatd:name:<lower>`` set with ``NX`` and a short expiry,
   refreshed by the owning node's heartbeat (and re-asserted if it
   expired while Redis was away); a dead node's names vanish within the
@@ -193,7 +195,10 @@ class ClusterHub(Hub):
         self.reader = RedisLink(reactor, host, port, db, 1, None)
         self.stream_key = f"chatd:stream:{LOBBY}"
         self.last_delivered = 0
+        self.presence_key = f"chatd:presence:{LOBBY}"
         self._last_stream_id: str | None = None
+        self._start_stream_id = "0-0"
+        self._last_presence_id = "0-0"
         self._tokens = itertools.count(1)
         self._pending: dict[str, tuple[Member, Any]] = {}
         self._waiting: dict[int, int] = {}  # id(member) -> messages not yet back
@@ -377,14 +382,23 @@ class ClusterHub(Hub):
             return
         if self._last_stream_id is None:
             d = self.commands.call("XREVRANGE", self.stream_key, "+", "-", "COUNT", "1")
-            d.addCallbacks(self._start_position, self._read_failed)
+            d.addCallback(self._start_position)
+            d.addCallback(lambda _: self.commands.call("XREVRANGE", self.presence_key, "+", "-", "COUNT", "1"))
+            d.addCallbacks(self._presence_position, self._read_failed)
             return
-        d = self.reader.call("XREAD", "COUNT", "500", "BLOCK", "1000", "STREAMS", self.stream_key, self._last_stream_id)
+        d = self.reader.call(
+            "XREAD", "COUNT", "500", "BLOCK", "1000", "STREAMS",
+            self.stream_key, self.presence_key, self._last_stream_id, self._last_presence_id,
+        )
         d.addCallbacks(self._got_entries, self._read_failed)
 
     def _start_position(self, newest: list[Any]) -> None:
-        self._last_stream_id = newest[0][0] if newest else "0-0"
-        if newest:
+        self._start_stream_id = newest[0][0] if newest else "0-0"
+
+    def _presence_position(self, newest: list[Any]) -> None:
+        self._last_presence_id = newest[0][0] if newest else "0-0"
+        self._last_stream_id = self._start_stream_id
+        if self._last_stream_id != "0-0":
             self.last_delivered = int(self._last_stream_id.split("-")[0])
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
@@ -397,11 +411,30 @@ class ClusterHub(Hub):
             self.clock.callLater(1.0, self._read)
 
     def _got_entries(self, reply: Any) -> None:
-        if reply:
-            for _stream, entries in reply:
+        for stream, entries in reply or ():
+            if stream == self.presence_key:
+                self._presence(entries)
+                self._last_presence_id = entries[-1][0]
+            else:
                 self._deliver([_message(LOBBY, entry) for entry in entries])
                 self._last_stream_id = entries[-1][0]
         self.clock.callLater(0, self._read)
+
+    def _announce(self, name: str, status: str, subject: Member) -> None:
+        """Presence goes through Redis, so users on every node hear of it."""
+        d = self.commands.call(
+            "XADD", self.presence_key, "MAXLEN", "~", "1000", "*", "user", name, "status", status, "node", self.node
+        )
+        d.addErrback(self._log_failure, "announcing presence")
+
+    def _presence(self, entries: list[Any]) -> None:
+        for _id, raw in entries:
+            fields = dict(zip(raw[::2], raw[1::2]))
+            user, status, node = fields.get("user", ""), fields.get("status", ""), fields.get("node", "")
+            for member in list(self._members.values()):
+                if node == self.node and member.name is not None and member.name.lower() == user.lower():
+                    continue  # nobody is told of themselves
+                member.presence(user, status, LOBBY)
 
     def _deliver(self, entries: list[tuple[StoredMessage, str, str]]) -> None:
         batch: list[tuple[StoredMessage, Member, Any]] = []

@@ -410,3 +410,32 @@ class ProxiedNodeTests(SynchronousTestCase):
         wait_for(lambda: "bee" not in self.names(), "the name to expire while cut off", deadline=20)
         self.proxy.restore()
         wait_for(lambda: "bee" in self.names(), "the name to be taken again", deadline=20)
+
+
+class ClusterPresenceTests(SynchronousTestCase):
+    def test_presence_crosses_nodes(self) -> None:
+        _require_redis()
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        redis = RedisProcess(base).start()
+        self.addCleanup(redis.stop)
+        nodes = []
+        for index in range(2):
+            workdir = os.path.join(base, f"node{index}")
+            os.makedirs(workdir)
+            node = ServerProcess(workdir, "--cluster", redis.url).start()
+            self.addCleanup(node.kill)
+            nodes.append(node)
+        watcher = LinesClient(nodes[0].port)
+        self.addCleanup(watcher.close)
+        watcher.send("hello", {"protocol": 2})
+        watcher.receive()
+        watcher.send("login", "watcher")
+        watcher.receive()
+        watcher.receive()
+        visitor = login_at(self, nodes[1].port, "visitor")
+        online = watcher.receive(presence=True)
+        self.assertEqual(online["content"], {"user": "visitor", "status": "online", "room": "#lobby"})
+        visitor.send("logout")
+        offline = watcher.receive(presence=True)
+        self.assertEqual(offline["content"], {"user": "visitor", "status": "offline", "room": "#lobby"})

@@ -84,21 +84,28 @@ def _require_redis() -> None:
         raise SkipTest("redis-server is not installed")
 
 
-class ClusterTests(SynchronousTestCase):
+class RedisTestCase(SynchronousTestCase):
+    """A scratch directory and a redis-server for each test; nodes on demand."""
+
     def setUp(self) -> None:
         _require_redis()
         self.base = os.path.abspath(self.mktemp())
         os.makedirs(self.base)
         self.redis = RedisProcess(self.base).start()
         self.addCleanup(self.redis.stop)
-        self.nodes = [self.node(i) for i in range(3)]
 
-    def node(self, index: int) -> ServerProcess:
-        workdir = os.path.join(self.base, f"node{index}")
+    def start_node(self, label: str, url: str | None = None, *args: str) -> ServerProcess:
+        workdir = os.path.join(self.base, label)
         os.makedirs(workdir, exist_ok=True)
-        node = ServerProcess(workdir, "--cluster", self.redis.url, "--msg-rate", "0").start()
+        node = ServerProcess(workdir, "--cluster", url or self.redis.url, *args).start()
         self.addCleanup(node.kill)
         return node
+
+
+class ClusterTests(RedisTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.nodes = [self.start_node(f"node{i}", None, "--msg-rate", "0") for i in range(3)]
 
     def login(self, node: ServerProcess, name: str) -> LinesClient:
         return login_at(self, node.port, name)
@@ -347,26 +354,15 @@ class DroppingProxy:
         self.listener.close()
 
 
-class ProxiedNodeTests(SynchronousTestCase):
+class ProxiedNodeTests(RedisTestCase):
     """A node whose way to Redis drops: it survives and catches up."""
 
     def setUp(self) -> None:
-        _require_redis()
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        self.redis = RedisProcess(self.base).start()
-        self.addCleanup(self.redis.stop)
+        super().setUp()
         self.proxy = DroppingProxy(self.redis.port)
         self.addCleanup(self.proxy.close)
-        self.direct = self.node("direct", self.redis.url)
-        self.proxied = self.node("proxied", f"redis://127.0.0.1:{self.proxy.port}/0")
-
-    def node(self, label: str, url: str) -> ServerProcess:
-        workdir = os.path.join(self.base, label)
-        os.makedirs(workdir)
-        node = ServerProcess(workdir, "--cluster", url, "--msg-rate", "0").start()
-        self.addCleanup(node.kill)
-        return node
+        self.direct = self.start_node("direct", None, "--msg-rate", "0")
+        self.proxied = self.start_node("proxied", f"redis://127.0.0.1:{self.proxy.port}/0", "--msg-rate", "0")
 
     def login(self, node: ServerProcess, name: str) -> LinesClient:
         return login_at(self, node.port, name)
@@ -412,20 +408,9 @@ class ProxiedNodeTests(SynchronousTestCase):
         wait_for(lambda: "bee" in self.names(), "the name to be taken again", deadline=20)
 
 
-class ClusterPresenceTests(SynchronousTestCase):
+class ClusterPresenceTests(RedisTestCase):
     def test_presence_crosses_nodes(self) -> None:
-        _require_redis()
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        redis = RedisProcess(base).start()
-        self.addCleanup(redis.stop)
-        nodes = []
-        for index in range(2):
-            workdir = os.path.join(base, f"node{index}")
-            os.makedirs(workdir)
-            node = ServerProcess(workdir, "--cluster", redis.url).start()
-            self.addCleanup(node.kill)
-            nodes.append(node)
+        nodes = [self.start_node(f"node{index}") for index in range(2)]
         watcher = LinesClient(nodes[0].port)
         self.addCleanup(watcher.close)
         watcher.send("hello", {"protocol": 2})

@@ -69,11 +69,12 @@ return seq
 """
 
 # Refresh our names; re-take any that expired while we were away (and put
-# them back in the login order, which `names` may have pruned meanwhile).
+# them back in the login order, which `names` may have pruned meanwhile);
+# return those another node took meanwhile.
 # KEYS: the users set, then one name key per name; ARGV: the expiry, then
 # (value, lower-cased name, login sequence) for each name.
 REFRESH_NAMES = """
-local lost = 0
+local lost = {}
 for i = 2, #KEYS do
   local base = 2 + (i - 2) * 3
   local value = redis.call('GET', KEYS[i])
@@ -81,7 +82,7 @@ for i = 2, #KEYS do
     redis.call('SET', KEYS[i], ARGV[base], 'PX', ARGV[1])
     redis.call('ZADD', KEYS[1], 'NX', ARGV[base + 2], ARGV[base + 1])
   else
-    lost = lost + 1
+    table.insert(lost, ARGV[base + 1])
   end
 end
 return lost
@@ -236,9 +237,16 @@ class ClusterHub(Hub):
         d = self.commands.call("EVAL", REFRESH_NAMES, str(len(keys)), *keys, *args)
         d.addCallback(self._refreshed).addErrback(self._log_failure, "refreshing names")
 
-    def _refreshed(self, lost: Any) -> None:
-        if int(lost):
-            self.log.warn("{count} names were taken by others while Redis was away", count=int(lost))
+    def _refreshed(self, lost: list[str]) -> None:
+        # Names another node took while we were cut off: theirs now. Our
+        # users of those names must go, or a name would exist twice.
+        for lower in lost or ():
+            member = self._members.get(lower)
+            if member is None:
+                continue
+            self.log.warn("{user} lost its name to another node while Redis was away", user=member.name)
+            self._values.pop(id(member), None)
+            member.name_lost()
 
     def _log_failure(self, failure: Any, doing: str) -> None:
         self.log.warn("{doing} failed: {problem}", doing=doing, problem=str(failure.value))

@@ -52,6 +52,9 @@ class Member(Protocol):
     def presence(self, user: str, status: str, room: str) -> None:
         """``user`` came (``online``) or went (``offline``) in ``room``."""
 
+    def name_lost(self) -> None:
+        """Another node owns this member's name now (clustered hubs)."""
+
 
 def clean_text(text: str) -> str:
     """Remove control characters other than newline and tab."""

@@ -422,6 +422,16 @@ class ChatProtocol(LineReceiver):
         finally:
             self._ref = saved
 
+    def name_lost(self) -> None:
+        """Our name went to a user on another node while this node was cut
+        off from the cluster: tell the user, log out, close."""
+        if self.closing:
+            return
+        self.send_error(
+            messages.NAME_TAKEN, f"Your name {self.name} was taken on another server while this one was cut off."
+        )
+        self.close_after_output()
+
     def message_failed(self, message: StoredMessage, ref: Any) -> None:
         """The hub could not store our message: tell the sender."""
         if self.closing:

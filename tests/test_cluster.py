@@ -399,6 +399,17 @@ class ProxiedNodeTests(RedisTestCase):
         self.assertEqual(listener.receive()["content"], "back")
         self.assertEqual(talker.receive()["content"], "back")
 
+    def test_name_taken_elsewhere_while_cut_off(self) -> None:
+        cut_off = self.login(self.proxied, "twin")
+        self.proxy.cut()
+        wait_for(lambda: "twin" not in self.names(), "the name to expire while cut off", deadline=20)
+        self.login(self.direct, "Twin")  # someone else takes it meanwhile
+        self.proxy.restore()
+        error = cut_off.receive()
+        self.assertEqual(error["code"], "name_taken")
+        self.assertRaises(EOFError, cut_off.receive)
+        self.assertEqual(self.names().count("win"), 1)
+
     def test_names_reasserted_after_they_expired(self) -> None:
         self.login(self.proxied, "bee")
         self.assertIn("bee", self.names())

@@ -49,6 +49,9 @@ class Member:
     def presence(self, user: str, status: str, room: str) -> None:
         pass
 
+    def name_lost(self) -> None:
+        pass
+
 
 class HubTests(SynchronousTestCase):
     def setUp(self) -> None:

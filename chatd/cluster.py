@@ -5,7 +5,8 @@ What Redis holds, and how every node uses it:
 - **Messages and their order**: one stream per room
   (``chatd:stream:<room>``).  A Lua script takes the next integer id
   (``INCR chatd:seq:<room>``) and appends the message under the stream id
-  ``<id>-1`` atomically, so ids are integers, strictly increasing across
+  ``<id>-1`` atomically (one script call per reactor turn carries all the
+  messages the node accepted in it), so ids are integers, strictly increasing across
   all nodes.  The publishing node does *not* deliver: every node, the
   publisher included, reads the stream (``XREAD BLOCK``) and fans out to
   its own connections, so every user sees one order, the sender's echo
@@ -54,11 +55,17 @@ CALL_TIMEOUT = 3.0
 #: Messages kept per room stream (approximately).
 STREAM_MAXLEN = 100_000
 
+# A batch of messages: ARGV[1] is the stream cap, then five fields per
+# message (sender, text, timestamp, node, token), in order.
 PUBLISH = """
-local id = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], id .. '-1',
-           'sender', ARGV[1], 'text', ARGV[2], 'ts', ARGV[3], 'node', ARGV[4], 'token', ARGV[5])
-return id
+local ids = {}
+for i = 2, #ARGV, 5 do
+  local id = redis.call('INCR', KEYS[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-1', 'sender', ARGV[i], 'text', ARGV[i + 1],
+             'ts', ARGV[i + 2], 'node', ARGV[i + 3], 'token', ARGV[i + 4])
+  ids[#ids + 1] = id
+end
+return ids
 """
 
 CLAIM_NAME = """
@@ -201,6 +208,8 @@ class ClusterHub(Hub):
         self._start_stream_id = "0-0"
         self._last_presence_id = "0-0"
         self._tokens = itertools.count(1)
+        self._outbox: list[str] = []
+        self._publish_call: Any = None
         self._pending: dict[str, tuple[Member, Any]] = {}
         self._waiting: dict[int, int] = {}  # id(member) -> messages not yet back
         self._waiters: dict[int, list[Any]] = {}
@@ -343,23 +352,33 @@ class ClusterHub(Hub):
         token = f"{next(self._tokens)}"
         self._pending[token] = (member, ref)
         self._waiting[id(member)] = self._waiting.get(id(member), 0) + 1
-        d = self.commands.call(
-            "EVAL", PUBLISH, "2", f"chatd:seq:{LOBBY}", self.stream_key,
-            member.name, text, self.now(), self.node, token, str(STREAM_MAXLEN),
-        )
-        d.addCallbacks(lambda _: self.metrics.messages_accepted.inc(), self._publish_failed, errbackArgs=(token,))
+        # Published in one EVAL per reactor turn, like the single node's
+        # one transaction per turn.
+        self._outbox += [member.name, text, self.now(), self.node, token]
+        if self._publish_call is None:
+            self._publish_call = self.clock.callLater(0, self._publish)
         return None
 
-    def _publish_failed(self, failure: Any, token: str) -> None:
-        # If Redis stored it after all, the stream brings it: the waiter is
-        # released then. Otherwise tell the sender now.
-        pending = self._pending.pop(token, None)
-        if pending is None:
-            return
-        member, ref = pending
+    def _publish(self) -> None:
+        self._publish_call = None
+        fields, self._outbox = self._outbox, []
+        tokens = fields[4::5]
+        d = self.commands.call("EVAL", PUBLISH, "2", f"chatd:seq:{LOBBY}", self.stream_key, str(STREAM_MAXLEN), *fields)
+        d.addCallbacks(
+            lambda ids: self.metrics.messages_accepted.inc(len(ids)), self._publish_failed, errbackArgs=(tokens,)
+        )
+
+    def _publish_failed(self, failure: Any, tokens: list[str]) -> None:
+        # If Redis stored them after all, the stream brings them: waiters
+        # are released then. Otherwise tell the senders now.
         self.log.warn("publishing failed: {problem}", problem=str(failure.value))
-        member.message_failed(None, ref)  # type: ignore[arg-type]
-        self._done(member)
+        for token in tokens:
+            pending = self._pending.pop(token, None)
+            if pending is None:
+                continue
+            member, ref = pending
+            member.message_failed(None, ref)  # type: ignore[arg-type]
+            self._done(member)
 
     def after_flush(self, action: Any, member: Member | None = None) -> None:
         """Run ``action`` once ``member``'s messages came back through the stream."""

@@ -388,7 +388,10 @@ class ClusterHub(Hub):
         self._waiters.setdefault(id(member), []).append(action)
 
     def flush(self) -> None:
-        """Nothing is batched locally in a cluster."""
+        """Publish what this turn accepted now (at shutdown)."""
+        if self._publish_call is not None and self._publish_call.active():
+            self._publish_call.cancel()
+            self._publish()
 
     def _done(self, member: Member) -> None:
         left = self._waiting.get(id(member), 1) - 1

@@ -23,7 +23,7 @@ import json
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from chatd.messages import BAD_JSON, TOO_LONG
 
@@ -98,6 +98,8 @@ class _PrefixScanner:
                 ch = text[pos]
                 if ch == '"':
                     self.state = "after_key" if self._in_key else "after_value"
+                    if not self._in_key and not self.stack:
+                        return self._done(pos + 1)  # a whole top-level string
                 elif ch == "\\":
                     self.state = "escape"
                 else:
@@ -376,12 +378,6 @@ class StreamDecoder:
 def _newline_follows(buf: str, end: int) -> bool:
     gap = _LINE_GAP.match(buf, end).end()  # type: ignore[union-attr]
     return buf[gap : gap + 1] == "\n"
-
-
-class Transport(Protocol):
-    """What the output framings need of a transport."""
-
-    def write(self, data: bytes) -> None: ...
 
 
 class LinesOutput:

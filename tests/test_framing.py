@@ -127,6 +127,17 @@ class DecoderErrorTests(SynchronousTestCase):
         self.assertEqual(requests(decoder.feed(b"[1, {")), [])
         self.assertEqual(requests(decoder.feed(b'"a": 2}]' + LOGIN)), ["bad_json", LOGIN_OBJ])
 
+    def test_top_level_string_split_across_reads(self) -> None:
+        # Found by the stateful test: a lone quote, then an object, made
+        # the scanner close a top-level string and look for a container.
+        decoder = StreamDecoder()
+        self.assertEqual(requests(decoder.feed(b'"')), [])
+        self.assertEqual(requests(decoder.feed(LOGIN)), ["bad_json"])
+        self.assertEqual(requests(decoder.feed(b"\n" + LOGIN)), [LOGIN_OBJ])
+        decoder = StreamDecoder()
+        self.assertEqual(requests(decoder.feed(b'"ab')), [])
+        self.assertEqual(requests(decoder.feed(b'c" ' + LOGIN)), ["bad_json", LOGIN_OBJ])
+
     def test_prefixes_of_valid_json_wait(self) -> None:
         for prefix in (b"{", b'{"re', b'{"a": tr', b'{"a": -', b'{"a": 1.', b'{"a": 1e', b'{"a": 1e+', b'{"a": "\\', b'{"a": "\\u00', b"[", b"  {  "):
             decoder = StreamDecoder()

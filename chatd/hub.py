@@ -113,12 +113,6 @@ class Hub:
             if member is not subject:
                 member.presence(name, status, LOBBY)
 
-    def logout_name(self, member: Member, name: str) -> None:
-        """Free ``name`` taken for ``member`` that went away while logging in."""
-        previous, member.name = member.name, name
-        self.logout(member)
-        member.name = previous
-
     def names(self) -> list[str]:
         """Logged-in usernames in login order."""
         return [member.name for member in self._members.values() if member.name is not None]

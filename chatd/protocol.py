@@ -262,10 +262,13 @@ class ChatProtocol(LineReceiver):
         return _then(hub.login(self, content), self._logged_in)
 
     def _logged_in(self, name: str) -> Any:
-        if self.closing:
-            self.factory.hub.logout_name(self, name)
-            return None
         self.name = name
+        if self.closing:
+            # The connection went while the login was answered: free the
+            # name as connectionLost would have.
+            self.factory.hub.logout(self)
+            self.name = None
+            return None
         self._cancel_login_timer()
         self._start_idle_timer()
         self.log.info("{user} logged in from {peer}", user=self.name, peer=_peer(self))
@@ -487,7 +490,6 @@ class ChatProtocol(LineReceiver):
             self.log.info(
                 "closing {peer} ({user}): over {limit} bytes of output unsent", peer=_peer(self), user=self.name, limit=limit
             )
-            self.factory.sendq_drops += 1
             self.factory.hub.metrics.sendq_drops.inc()
             self.closing = True
             if self.output is not None:

@@ -65,7 +65,6 @@ class ChatFactory(ServerFactory):
         self.clock = clock
         self.protocols: set[ChatProtocol] = set()  # open chat connections
         self.per_ip: dict[str, int] = {}
-        self.sendq_drops = 0
         self.shutting_down = False
         self._until_empty: list[Deferred[None]] = []
         hub.metrics.watch(self._live_counts)

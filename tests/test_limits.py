@@ -202,7 +202,7 @@ class SendQueueTests(ProtocolTestCase):
             if slow.transport.disconnected:
                 break
         self.assertTrue(slow.transport.disconnected)  # aborted, not waiting to flush
-        self.assertEqual(self.factory.sendq_drops, 1)
+        self.assertEqual(self.factory.hub.metrics.registry.get_sample_value("chatd_sendq_drops_total"), 1)
         for i in range(10):
             poster.send("msg", f"after {i}")
         got = [r["content"] for r in fast.received() if r["response"] == "message"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd import framing
 from chatd.framing import MAX_DEPTH, ClassicOutput, Decoded, LinesOutput, StreamDecoder
 
 LOGIN = b'{"request": "login", "content": "bob"}'
@@ -116,6 +119,59 @@ class DecoderErrorTests(SynchronousTestCase):
         decoder = StreamDecoder()
         self.assertEqual(requests(decoder.feed(b"garbage with no end")), ["bad_json"])
         self.assertEqual(requests(decoder.feed(b" more garbage\n" + LOGIN)), [LOGIN_OBJ])
+
+    def test_object_after_skipped_garbage_in_a_later_read_is_not_held(self) -> None:
+        # The skip found a ``{`` in the next read: the object behind it is
+        # decoded in that read, not held until some later read arrives.
+        decoder = StreamDecoder()
+        self.assertEqual(requests(decoder.feed(b"garbage with no end")), ["bad_json"])
+        self.assertEqual(requests(decoder.feed(b"more garbage " + LOGIN)), [LOGIN_OBJ])
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_rejected_at_the_same_point_whole_or_in_pieces(self) -> None:
+        # Invalid UTF-8 in a string and nesting past MAX_DEPTH fail where
+        # they occur, and decoding resumes from there, whether the value
+        # came in one read or byte by byte (issue 13: the two used to differ).
+        deep = b"[" * (MAX_DEPTH + 1) + LOGIN + b"]" * (MAX_DEPTH + 1)
+        for stream in (b'["\xff", ' + LOGIN + b"]", b'"a\xff ' + LOGIN, deep):
+            whole = requests(StreamDecoder().feed(stream))
+            trickled = feed_all(StreamDecoder(), [stream[i : i + 1] for i in range(len(stream))])
+            self.assertEqual(whole, ["bad_json", LOGIN_OBJ], stream)
+            self.assertEqual([r for r in trickled if r != "bad_json"], [LOGIN_OBJ], stream)
+
+    def test_deep_value_is_rejected_at_the_depth_limit_not_as_too_long(self) -> None:
+        # The value is too deep long before it is too long.
+        decoder = StreamDecoder(max_request=100)
+        self.assertEqual(requests(decoder.feed(b"[" * 66 + b"]" * 66 + b"\n" + LOGIN)), ["bad_json", LOGIN_OBJ])
+        self.assertFalse(decoder.stopped)
+
+    def test_long_numbers(self) -> None:
+        decoder = StreamDecoder(max_request=1 << 20)
+        digits = b"1" * 50000
+        self.assertEqual(requests(decoder.feed(b'{"a": ' + digits + b"}\n" + LOGIN)), ["bad_json", LOGIN_OBJ])
+        self.assertEqual(requests(decoder.feed(b'{"a": 0.' + digits + b"e-" + digits + b"}\n")), [{"a": 0.0}])
+        self.assertEqual(requests(decoder.feed(b'{"a": 1.5e+3, "b": -0, "c": 0.25E2}')), [{"a": 1500.0, "b": 0, "c": 25.0}])
+
+    def test_top_level_numbers_end_where_json_ends_them(self) -> None:
+        for stream in (b"12", b"1.", b"1e", b"01", b"-0.5E+2x"):
+            decoder = StreamDecoder()
+            self.assertEqual(requests(decoder.feed(stream + b"\n" + LOGIN)), ["bad_json", LOGIN_OBJ], stream)
+        decoder = StreamDecoder()
+        self.assertEqual(requests(decoder.feed(b"-")), [])
+        self.assertEqual(requests(decoder.feed(b"x" + LOGIN)), ["bad_json", LOGIN_OBJ])
+
+    def test_garbage_runs_after_the_first_error(self) -> None:
+        # Runs skipped in one step must end where the step-by-step
+        # decoding would: at the next value that can start.
+        decoder = StreamDecoder()
+        stream = b"x{{{ {\n{x}]\n{\t{ " + LOGIN + b"{{{ [1]" + LOGIN + b"{{x"
+        self.assertEqual(requests(decoder.feed(stream)), ["bad_json", LOGIN_OBJ, LOGIN_OBJ])
+        self.assertEqual(requests(decoder.feed(b"}" + LOGIN)), [LOGIN_OBJ])  # still skipping
+        # A ``{`` then more blanks than the limit allows is too_long, not skipped.
+        decoder = StreamDecoder(max_request=64)
+        self.assertEqual(requests(decoder.feed(b"x{" + b" " * 70 + b"x\n" + LOGIN)), ["bad_json", "too_long"])
+        decoder = StreamDecoder(max_request=64)
+        self.assertEqual(requests(decoder.feed(b"x{" + b" " * 60 + b"x\n" + LOGIN)), ["bad_json", LOGIN_OBJ])
 
     def test_non_object_values_consumed_whole(self) -> None:
         for value in (b"[1, 2]", b"42", b'"x"', b"true", b"null", b'[{"request": "login"}]'):
@@ -294,6 +350,49 @@ class DecoderPropertyTests(SynchronousTestCase):
         self.assertEqual(result, ["bad_json", LOGIN_OBJ])
 
 
+_TOKENS = [b"{", b"}", b"[", b"]", b'"', b":", b",", b" ", b"\n", b"\\", b"u", b"d8", b"0", b"1", b"-", b".", b"e",
+           b"true", b"x", b"\xff", b"\xc3", b"\xa9", b'"a"', b'{"a": 1}', LOGIN, b"\t", b"\x01",
+           b"[" * 66, b"]" * 66, b'{"a": ' * 33, b"}" * 33]
+
+
+class DecoderSplitPropertyTests(SynchronousTestCase):
+    """However a stream is split into reads, it yields the same requests."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(_TOKENS), max_size=30), st.lists(st.integers(min_value=0, max_value=4000), max_size=6))
+    def test_requests_do_not_depend_on_the_reads(self, tokens: list[bytes], cuts: list[int]) -> None:
+        stream = b"".join(tokens)
+        bounds = sorted({0, len(stream), *(cut % (len(stream) + 1) for cut in cuts)})
+        chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:])]
+
+        def objects(parts: list[bytes]) -> list[object]:
+            decoder = StreamDecoder(max_request=1 << 20)
+            return [r for part in parts for r in requests(decoder.feed(part)) if r != "bad_json"]
+
+        self.assertEqual(objects(chunks), objects([stream]))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.sampled_from(_TOKENS + [b"{{{", b"x{", b"{ \n", b"{\t{", b" " * 70, b"{" + b" " * 70]), max_size=30),
+        st.lists(st.integers(min_value=0, max_value=4000), max_size=4),
+        st.sampled_from([16384, 64, 63, 20]),
+    )
+    def test_garbage_shortcut_changes_nothing(self, tokens: list[bytes], cuts: list[int], max_request: int) -> None:
+        # The one-step skip of garbage runs (after a read's first error)
+        # must give exactly the events of judging each value in turn.
+        stream = b"".join(tokens)
+        bounds = sorted({0, len(stream), *(cut % (len(stream) + 1) for cut in cuts)})
+        chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:])]
+
+        def events(parts: list[bytes]) -> list[list[Decoded]]:
+            decoder = StreamDecoder(max_request=max_request)
+            return [decoder.feed(part) for part in parts]
+
+        with mock.patch.object(framing, "_GARBAGE_RUN", re.compile("(?!)")):
+            step_by_step = events(chunks)
+        self.assertEqual(events(chunks), step_by_step)
+
+
 class LinesOutputTests(SynchronousTestCase):
     def test_each_response_is_a_line(self) -> None:
         written: list[bytes] = []
@@ -359,3 +458,28 @@ class ClassicOutputTests(SynchronousTestCase):
         self.output.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.output.queued_bytes, 0)
+
+    def test_clock_stepping_back_does_not_hold_responses(self) -> None:
+        # Issue 13: a wall clock set back an hour held the next response
+        # for an hour; it now waits at most ``pace``.
+        self.output.send(b"{}")
+        self.clock.rightNow -= 3600
+        self.output.send(b'{"x": 1}')
+        self.clock.advance(0.025)
+        self.assertEqual(self.written, [b"{}", b'{"x": 1}'])
+        self.output.send(b'{"y": 2}')
+        self.clock.advance(0.024)
+        self.assertEqual(len(self.written), 2)
+        self.clock.advance(0.001)
+        self.assertEqual(self.written[-1], b'{"y": 2}')
+
+    def test_clock_stepping_back_while_queued(self) -> None:
+        self.output.send(b"{}")
+        self.output.send(b'{"x": 1}')
+        self.clock.rightNow -= 3600
+        self.clock.advance(0.025)  # the timer was set before the step: an hour out
+        self.output.send(b'{"y": 2}')  # the next response pulls it back
+        self.clock.advance(0.025)
+        self.assertEqual(self.written, [b"{}", b'{"x": 1}'])
+        self.clock.advance(0.025)
+        self.assertEqual(self.written, [b"{}", b'{"x": 1}', b'{"y": 2}'])

@@ -1,12 +1,15 @@
 """``chatd-client``: the terminal client.
 
-The reactor does both directions: :class:`ChatClientProtocol` (a
-``LineReceiver``) talks to the server, :class:`UserInput` reads what the
+The reactor does both directions: :class:`ChatClientProtocol` (lines
+split by :class:`LineSplitter`, in linear time and bounded) talks to the
+server, :class:`UserInput` reads what the
 user types through ``twisted.internet.stdio``, and :class:`ChatSession`
 ties them together: it sends requests, prints responses through the
 :class:`~chatd.parser.MessageParser`, reconnects with backoff after a
 lost connection and logs in again under the same name, skipping messages
-it has already shown.
+it has already shown.  Whatever a server sends, the client never raises:
+malformed responses are shown as error lines, and resuming after a
+reconnect is bounded.
 
 Run as ``chatd-client`` or ``python -m chatd.client``.
 """
@@ -16,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from twisted.internet import defer, error
+from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -35,6 +39,27 @@ DRAIN_MAX = 5.0
 #: ``ref`` values of the client's own bookkeeping requests.
 RESUME_REF = "chatd-client:resume"
 DRAIN_REF = "chatd-client:drain"
+
+#: Largest response line read, in bytes.  The largest a chatd server with
+#: default limits sends is a v2 history page: 500 messages of 2000 code
+#: points, where the server's ASCII JSON writes an astral character (an
+#: emoji) as a surrogate pair, ``\ud83d\ude00``, 12 bytes: 500 x (24 000
+#: + about 150 bytes of other fields) = 12.08 MB.  A v1 login history of
+#: 500 (JSON strings of JSON: 14 bytes a character) would be 14.09 MB.
+#: 16 MiB is above both, and bounds the memory a hostile server can make
+#: the client hold.  (A server with a larger --max-message, or with
+#: --history-on-login all and a large history, can exceed it: the client
+#: then says so and drops the connection.)
+MAX_RESPONSE = 16 * 1024 * 1024
+
+#: Resuming after a reconnect (v2 ``history after`` pages of 500) stops
+#: after this many pages (10 000 messages) ...
+MAX_RESUME_PAGES = 20
+#: ... or once this many live messages wait for it to end ...
+MAX_RESUME_BUFFER = 1000
+#: ... or this many bytes of them.  The client then says the history is
+#: incomplete and shows the live messages held, in order.
+MAX_RESUME_BUFFER_BYTES = MAX_RESPONSE
 
 _COLOURS = {MESSAGE: "", INFO: "\x1b[36m", ERROR: "\x1b[31m", NOTICE: "\x1b[33m"}
 _PREFIX = {MESSAGE: "", INFO: "* ", ERROR: "! ", NOTICE: "- "}
@@ -58,35 +83,137 @@ class Printer:
         text = _PREFIX[line.kind] + line.text
         if self.colour and _COLOURS[line.kind]:
             text = f"{_COLOURS[line.kind]}{text}\x1b[0m"
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text)
 
     def raw(self, data: bytes) -> None:
         """Print a response as received (``--raw``), made terminal-safe."""
         from chatd.parser import safe
 
-        self.stream.write(safe(data.decode("utf-8", "replace")) + "\n")
+        self._write(safe(data.decode("utf-8", "replace")))
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text + "\n")
+        except UnicodeEncodeError:
+            # A terminal whose encoding lacks a character (Latin-1 and an
+            # emoji): show its escape rather than raise.
+            encoding = getattr(self.stream, "encoding", None) or "ascii"
+            self.stream.write((text + "\n").encode(encoding, "backslashreplace").decode(encoding))
         self.stream.flush()
 
 
-class ChatClientProtocol(LineReceiver):
-    """The connection to the server: requests out, one response per line in."""
+class LineTooLong(Exception):
+    """A line from the server grew past the limit; ``length`` bytes so far."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+
+class LineSplitter:
+    """Splits a byte stream into lines in time linear in its length.
+
+    Twisted's ``LineReceiver`` appends each chunk to a ``bytes`` buffer
+    (a copy of the whole buffer) and splits the whole buffer again, so a
+    long line arriving in 64 KB chunks costs time quadratic in its length,
+    and so does a chunk holding many short lines.  Here every byte is
+    searched for the delimiter once (``scanned`` counts the bytes
+    searched) and copied a bounded number of times: the pieces of an
+    unfinished line are kept in a list and joined once, when it ends.
+    """
 
     delimiter = b"\n"
-    MAX_LENGTH = 64 * 1024 * 1024  # a long v1 history is one large line
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.scanned = 0
+        self._parts: list[bytes] = []
+        self._pending = 0  # bytes in _parts
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a line not yet ended."""
+        return self._pending
+
+    def split(self, data: bytes) -> Iterator[bytes]:
+        """The lines ``data`` completes, in order, without their delimiter.
+
+        Raises :class:`LineTooLong` (and forgets the line) at a line
+        longer than ``max_length``, even before it ends.  Stopping the
+        iteration early drops the rest of ``data``.
+        """
+        start = 0
+        while True:
+            end = data.find(self.delimiter, start)
+            self.scanned += (len(data) if end < 0 else end + 1) - start
+            if end < 0:
+                break
+            line = self._complete(data[start:end])
+            start = end + 1
+            yield line
+        self._keep(data[start:])
+
+    def _complete(self, piece: bytes) -> bytes:
+        if self._parts:
+            self._parts.append(piece)
+            piece = b"".join(self._parts)
+            self._parts, self._pending = [], 0
+        if len(piece) > self.max_length:
+            raise LineTooLong(len(piece))
+        return piece
+
+    def _keep(self, rest: bytes) -> None:
+        if not rest:
+            return
+        self._pending += len(rest)
+        if self._pending > self.max_length:
+            length = self._pending
+            self._parts, self._pending = [], 0
+            raise LineTooLong(length)
+        self._parts.append(rest)
+
+
+class ChatClientProtocol(Protocol):
+    """The connection to the server: requests out, one response per line in."""
+
+    MAX_LENGTH = MAX_RESPONSE
 
     def __init__(self, session: ChatSession) -> None:
         self.session = session
+        self.lines = LineSplitter(self.MAX_LENGTH)
+        self._refused = False  # a line was too long: ignore the rest
 
     def connectionMade(self) -> None:
         self.session.connected(self)
 
-    def lineReceived(self, line: bytes) -> None:
-        self.session.line_received(line.rstrip(b"\r"))
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        try:
+            for line in self.lines.split(data):
+                self.lineReceived(line)
+                if getattr(self.transport, "disconnecting", False):
+                    return  # e.g. /quit: nothing more is read
+        except LineTooLong as too_long:
+            self._refused = True
+            self.lineLengthExceeded(too_long.length)
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.session.printer.show(Line(ERROR, "the server sent a response too large to read"))
-        self.transport.loseConnection()
+    def lineReceived(self, line: bytes) -> None:
+        """One line from the server (blank lines are ignored)."""
+        line = line.rstrip(b"\r")
+        if line:
+            self.session.line_received(line)
+
+    def lineLengthExceeded(self, length: int) -> None:
+        """A response over ``MAX_LENGTH``: say so, drop the connection.
+
+        The usual reconnect logic follows; the line's memory is already
+        freed.  Aborted, not closed politely: a TLS close would wait for
+        the server's answer while it may go on sending.
+        """
+        limit = self.MAX_LENGTH // (1024 * 1024)
+        self.session.printer.show(Line(ERROR, f"the server sent a response too large to read (over {limit} MiB); disconnecting"))
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
         self.session.disconnected(self, reason)
@@ -139,7 +266,9 @@ class ChatSession:
         self.v2 = False
         self._awaiting_hello = False
         self._resuming = False
-        self._resume_buffer: list[dict[str, Any]] = []
+        self._resume_pages = 0  # pages asked for in this resume
+        self._resume_buffer: list[dict[str, Any]] = []  # live messages held meanwhile
+        self._resume_bytes = 0  # their size as received
 
     # -- connection ----------------------------------------------------
 
@@ -170,7 +299,7 @@ class ChatSession:
         # error from a v1 one (responses come in request order).
         self.v2 = False
         self._awaiting_hello = True
-        self._resuming = False
+        self._reset_resume()
         protocol.send_request("hello", {"protocol": 2, "client": f"chatd-client/{__version__}"})
         if self.name is not None:
             self._send("login", self.name)
@@ -215,24 +344,42 @@ class ChatSession:
     # -- server responses ----------------------------------------------
 
     def line_received(self, line: bytes) -> None:
-        """One response from the server."""
+        """One response from the server.
+
+        Never raises, whatever the server sent: an exception here would
+        drop the connection, and after the reconnect the server could send
+        the same response again, for ever.  Malformed responses become
+        error lines.
+        """
         if self.raw:
             self.printer.raw(line)
         try:
-            response = json.loads(line)
-        except (ValueError, RecursionError):
-            response = None
-        if isinstance(response, dict):
-            if self._awaiting_hello:
-                self._awaiting_hello = False
-                if self._hello_answered(response):
-                    return
-            self._track(response)
-            lines = self._handle(response)
-        else:
-            lines = self.parser.parse(line)
+            lines = self._lines_for(line)
+        except Exception as problem:  # the last resort; known cases are handled below it
+            lines = [Line(ERROR, f"cannot show a response from the server ({type(problem).__name__})")]
         self._print(lines)
         self._restart_drain_timer()
+
+    def _lines_for(self, line: bytes) -> list[Line]:
+        """Lines to print for one response line (and its bookkeeping)."""
+        try:
+            response = json.loads(line)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
+            response = None
+        if not isinstance(response, dict):
+            lines = self.parser.parse(line)
+            if self._resuming:
+                # Responses come in request order, and this may have been
+                # the page asked for: waiting for it could hold back the
+                # live messages for ever.
+                lines += self._end_resume("the server sent a malformed response")
+            return lines
+        if self._awaiting_hello:
+            self._awaiting_hello = False
+            if self._hello_answered(response):
+                return []
+        self._track(response)
+        return self._handle(response, len(line))
 
     def _print(self, lines: list[Line]) -> None:
         if not self.raw:
@@ -246,8 +393,8 @@ class ChatSession:
             if self.last_id:
                 # Back after a lost connection: fetch exactly what was
                 # missed; the login history would leave gaps past its size.
+                self._reset_resume()
                 self._resuming = True
-                self._resume_buffer = []
                 self._request_missed()
             return True
         # A v1 server: it answered hello with an error; carry on in v1.
@@ -255,39 +402,76 @@ class ChatSession:
 
     def _request_missed(self) -> None:
         assert self.protocol is not None
+        self._resume_pages += 1
         self.protocol.send_request("history", {"after": self.last_id, "limit": 500}, ref=RESUME_REF)
 
-    def _handle(self, response: dict[str, Any]) -> list[Line]:
-        """Lines to print for a response, resuming and de-duplicating."""
+    def _handle(self, response: dict[str, Any], size: int) -> list[Line]:
+        """Lines to print for a response, resuming and de-duplicating.
+
+        ``size`` is the response's length as received.
+        """
         kind = response.get("response")
         ref = response.get("ref")
         if ref == DRAIN_REF and kind == "pong":
             self.clock.callLater(0, self._drained)
             return []
         if ref == RESUME_REF:
-            return self._resume_page(response)
+            # A page still due after the resume ended early: its
+            # messages are older than those shown since.
+            return self._resume_page(response) if self._resuming else []
         if self._resuming:
             if kind == "history" and ref is None:
                 return []  # the login history: the resume pages replace it
             if kind == "message":
-                self._resume_buffer.append(response)
-                return []
+                return self._hold_live(response, size)
         return self._parse_new(response)
 
-    def _resume_page(self, response: dict[str, Any]) -> list[Line]:
-        lines: list[Line] = []
-        more = False
-        if response.get("response") == "history":
-            lines = self._parse_new(response)
-            more = response.get("more") is True and bool(response.get("content"))
-        if more:
-            self._request_missed()
-            return lines
-        # Caught up: now the live messages that came meanwhile.
+    # -- resuming after a reconnect ------------------------------------------
+
+    def _reset_resume(self) -> None:
         self._resuming = False
-        for message in self._resume_buffer:
+        self._resume_pages = 0
+        self._resume_buffer = []
+        self._resume_bytes = 0
+
+    def _hold_live(self, message: dict[str, Any], size: int) -> list[Line]:
+        """Keep a live message until the resume is done, within bounds."""
+        self._resume_buffer.append(message)
+        self._resume_bytes += size
+        if len(self._resume_buffer) >= MAX_RESUME_BUFFER or self._resume_bytes >= MAX_RESUME_BUFFER_BYTES:
+            return self._end_resume(f"{len(self._resume_buffer)} new messages arrived while fetching it")
+        return []
+
+    def _resume_page(self, response: dict[str, Any]) -> list[Line]:
+        """A page of missed messages: show it, then ask for the next or end.
+
+        Bounded against a server that always says ``more``: at most
+        ``MAX_RESUME_PAGES`` pages, and each must bring a message not
+        shown yet.
+        """
+        if response.get("response") != "history" or not isinstance(response.get("content"), list):
+            # An error (e.g. rate_limited) or nonsense: show it and stop.
+            return self._parse_new(response) + self._end_resume("the server did not send it")
+        shown_before = self.last_id
+        lines = self._parse_new(response)
+        if response.get("more") is not True:
+            return lines + self._end_resume()  # caught up
+        if self.last_id == shown_before:
+            return lines + self._end_resume("the server sent no new messages")
+        if self._resume_pages >= MAX_RESUME_PAGES:
+            return lines + self._end_resume(f"stopped after {self._resume_pages} pages")
+        self._request_missed()
+        return lines
+
+    def _end_resume(self, incomplete: str | None = None) -> list[Line]:
+        """Stop resuming: then the live messages that came meanwhile, in
+        order (minus any already shown).  ``incomplete`` says why some of
+        the missed messages are not shown."""
+        held = self._resume_buffer
+        self._reset_resume()
+        lines = [Line(NOTICE, f"history incomplete: {incomplete}")] if incomplete else []
+        for message in held:
             lines.extend(self._parse_new(message))
-        self._resume_buffer: list[dict[str, Any]] = []
         return lines
 
     def _track(self, response: dict[str, Any]) -> None:
@@ -423,10 +607,11 @@ class ChatSession:
 
 
 def _entry(entry: Any) -> dict[str, Any] | None:
+    """A history entry (a v1 JSON string or a v2 object) as an object."""
     if isinstance(entry, str):
         try:
             entry = json.loads(entry)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             return None
     return entry if isinstance(entry, dict) else None
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import unicodedata
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -90,6 +92,68 @@ class ParserTests(SynchronousTestCase):
 
     def test_safe_keeps_tabs_and_text(self) -> None:
         self.assertEqual(safe("a\tb \u00e9 \U0001f600"), "a\tb \u00e9 \U0001f600")
+
+    def test_invisible_and_format_characters_escaped(self) -> None:
+        for char, shown in (
+            ("\u061c", "\\u061c"),  # Arabic letter mark
+            ("\u200b", "\\u200b"),  # zero width space
+            ("\ufeff", "\\ufeff"),  # byte order mark
+            ("\u00ad", "\\xad"),  # soft hyphen
+            ("\U000e0041", "\\U000e0041"),  # tag letter A
+            ("\U000e0001", "\\U000e0001"),  # language tag
+            ("\U000e007f", "\\U000e007f"),  # cancel tag
+            ("\u2028", "\\u2028"),
+            ("\ufdd0", "\\ufdd0"),  # noncharacters
+            ("\U0010ffff", "\\U0010ffff"),
+            ("\ud800", "\\ud800"),  # a lone surrogate (JSON "\ud800")
+        ):
+            self.assertEqual(safe(f"a{char}b"), f"a{shown}b")
+
+    def test_whole_classes_escaped(self) -> None:
+        # Every control, format character, surrogate, line or paragraph
+        # separator and noncharacter, from the Unicode database.
+        unsafe = [
+            chr(code)
+            for code in range(sys.maxunicode + 1)
+            if (unicodedata.category(chr(code)) in ("Cc", "Cf", "Cs", "Zl", "Zp") and chr(code) not in "\t\n\u200c\u200d")
+            or 0xFDD0 <= code <= 0xFDEF
+            or code & 0xFFFE == 0xFFFE
+        ]
+        self.assertGreater(len(unsafe), 2000)
+        shown = safe("".join(unsafe))
+        self.assertTrue(shown.isascii() and shown.isprintable(), [char for char in shown if not char.isprintable()][:5])
+        self.assertEqual(len(shown.split("\\")), len(unsafe) + 1)
+
+    def test_visible_text_unchanged(self) -> None:
+        text = "caf\u00e9 e\u0301 \U0001f468\u200d\U0001f469 \u0645\u06cc\u200c\u062e \u4e2d\u6587 \u0645\u0631\u062d\u0628\u0627 \U0001f600\ufe0f \u2764 \U0001d11e \ue000 \u00a0x"
+        self.assertEqual(safe(text), text)
+
+    def test_values_nested_too_deep_never_raise(self) -> None:
+        deep: list[object] = []
+        for _ in range(100_000):
+            deep = [deep]
+        self.assertEqual(safe(deep), "(unprintable)")
+        for response in ({"response": deep}, {"response": "message", "content": deep, "sender": deep}, deep):
+            [line] = self.parser.parse_response(response)
+            self.assertIn("(unprintable)", line.text)
+        [line] = self.parser.parse_response({"response": "history", "content": ["[" * 100_000]})
+        self.assertEqual(line.kind, ERROR)
+
+    def test_timestamps_out_of_range(self) -> None:
+        for timestamp in (
+            "9999-12-31T23:59:59-14:00",
+            "0001-01-01T00:00:00+14:00",
+            "9999-99-99T99:99:99Z",
+            "0000-01-01T00:00:00Z",
+            "2026-11-25T19:34:22+24:00",
+            "x" * 100_000,
+            10**30,
+            -1.5,
+            None,
+            {"year": 9999},
+        ):
+            self.assertEqual(local_time(timestamp), "--:--:--", timestamp)
+        self.assertRegex(local_time("9999-12-30T00:00:00Z"), r"^\d\d:\d\d:\d\d$")
 
 
 class InputTests(SynchronousTestCase):

@@ -10,7 +10,14 @@ Every store has the same shape (:class:`HistoryStore`):
   transaction.  The hub commits once per reactor turn and only then sends
   the batch to anyone, so a message a client has seen is stored;
 - :meth:`~HistoryStore.recent` and :meth:`~HistoryStore.page` read
-  committed messages only.
+  committed messages only;
+- :meth:`~HistoryStore.check` says whether the store can read and write
+  now (``/health``).
+
+Every failure of a store is a :class:`HistoryError` (never an
+``sqlite3`` exception); :class:`HistoryBusy` when another process holds
+the database locked, which passes: the hub then keeps the batch pending
+and commits it again a little later, without blocking the reactor.
 
 :class:`MemoryHistory` keeps messages in the process;
 :class:`SQLiteHistory` in an SQLite database (WAL), the default.
@@ -20,8 +27,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from twisted.logger import Logger
 
@@ -33,6 +41,10 @@ MAX_PAGE = 500
 
 class HistoryError(Exception):
     """The history store cannot be opened, read or written."""
+
+
+class HistoryBusy(HistoryError):
+    """Another connection holds the database locked: try again later."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,8 @@ class HistoryStore:
         self._last_ids: dict[str, int] = {}
         self._committed_ids: dict[str, int] = {}
         self._pending: list[StoredMessage] = []
+        # Why the last commit failed; None once a write succeeds again.
+        self._write_failure: str | None = None
 
     # -- writing ---------------------------------------------------------
 
@@ -121,23 +135,60 @@ class HistoryStore:
         """Messages appended but not yet committed."""
         return len(self._pending)
 
-    def commit(self) -> list[StoredMessage]:
+    def commit(self, retry: bool = False) -> list[StoredMessage]:
         """Write the pending batch in one transaction and return it.
 
         On failure nothing of the batch is kept, its ids are handed out
         again (nobody has seen them) and :class:`HistoryError` is raised.
+        With ``retry``, a batch refused only because the database is
+        locked (:class:`HistoryBusy`) stays pending instead, ids and all,
+        for a later ``commit`` to write; messages appended meanwhile join
+        it after those already there.
         """
         batch, self._pending = self._pending, []
         if not batch:
             return batch
         try:
             self._write(batch)
-        except HistoryError:
-            self._last_ids.update(self._committed_ids)
+        except HistoryBusy:
+            if retry:
+                self._pending = batch + self._pending
+                raise
+            self._batch_failed("the database is locked by another process")
             raise
+        except HistoryError as problem:
+            self._batch_failed(str(problem))
+            raise
+        self._write_failure = None
         for message in batch:
             self._committed_ids[message.room] = message.id
         return batch
+
+    def _batch_failed(self, problem: str) -> None:
+        """The pending batch is dropped: its ids are free again."""
+        self._last_ids.update(self._committed_ids)
+        self._write_failure = problem
+
+    def check(self) -> None:
+        """Raise :class:`HistoryError` unless the store can read and write now.
+
+        It fails while the last commit failed, until a write succeeds
+        again: when a commit failed, each check tries a small write of its
+        own (rolled back in effect), so the store reports healthy again as
+        soon as it can write, without waiting for a message (a load
+        balancer that stops sending users to an unhealthy server would
+        otherwise keep it unhealthy for ever).  The SQLite store also
+        fails when its database file is gone and cannot be put back, or
+        when a read fails.
+        """
+        self._verify()
+        if self._write_failure is None:
+            return
+        try:
+            self._probe()
+        except HistoryError as problem:
+            raise HistoryError(f"history cannot be written: {problem}") from None
+        self._write_failure = None
 
     def prune(self, retention: Retention, now: float) -> int:
         """Drop what ``retention`` no longer keeps; returns how many."""
@@ -181,6 +232,13 @@ class HistoryStore:
         return self._committed_ids[room]
 
     # -- primitives ------------------------------------------------------
+
+    def _verify(self) -> None:
+        """Raise :class:`HistoryError` if the store cannot be read now."""
+
+    def _probe(self) -> None:
+        """A write that stores nothing; raises as a failing commit would."""
+        self._write([])
 
     def _load_last_id(self, room: str) -> int:
         raise NotImplementedError
@@ -269,6 +327,36 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
+#: How long, in milliseconds, a statement waits for a lock another
+#: process holds.  Statements run on the reactor thread: waiting there
+#: freezes every user, so a lock held longer makes a commit fail at once
+#: with :class:`HistoryBusy`, and the hub tries again later.
+BUSY_TIMEOUT_MS = 5
+
+#: The same while opening the database at startup, when nobody is being
+#: served yet and waiting a little is better than refusing to start.
+OPEN_BUSY_TIMEOUT_MS = 1000
+
+# SQLite's primary result codes for "someone else holds the lock".
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+#: The files SQLite keeps beside a WAL database.
+_JOURNAL_SUFFIXES = ("-wal", "-shm")
+
+#: The room of the health probe's row: real rooms start with ``#``.
+_PROBE_ROOM = ""
+
+_T = TypeVar("_T")
+
+
+def _is_busy(problem: sqlite3.Error) -> bool:
+    """Whether ``problem`` means the database is locked by another connection."""
+    code = getattr(problem, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(problem)
+
 
 class SQLiteHistory(HistoryStore):
     """History in an SQLite database: WAL journal, one transaction per batch.
@@ -277,6 +365,14 @@ class SQLiteHistory(HistoryStore):
     the WAL file, in the operating system's cache: it survives the process
     being killed, not a power cut.  With ``fsync`` true
     (``synchronous=FULL``) each commit is on disk before anyone sees it.
+
+    Before each write the store checks, with one ``stat``, that its path
+    still names the file it has open.  If the file was deleted, the
+    history the open connection still reads is copied to a new file put
+    at the path (nothing is lost, ids continue).  If another file was put
+    there, chatd goes on in that file with ids continuing after every id
+    it handed out, and keeps the history it had in a copy beside it.
+    Either way an error names the file in the log.
     """
 
     kind = "sqlite"
@@ -287,6 +383,12 @@ class SQLiteHistory(HistoryStore):
         self.path = path
         self.fsync = fsync
         self._db: sqlite3.Connection | None = None
+        # (device, inode) of the database file the connection has open,
+        # and of its "-wal" and "-shm" files.
+        self._identity: tuple[int, int] | None = None
+        self._journal: dict[str, tuple[int, int]] = {}
+        # What happened to the file while it is not fully put back yet.
+        self._lost: str | None = None
         self.open()
 
     def open(self) -> None:
@@ -297,6 +399,16 @@ class SQLiteHistory(HistoryStore):
         """
         if self._db is not None:
             return
+        if self._lost is not None:
+            self._reattach()
+            return
+        self._attach(OPEN_BUSY_TIMEOUT_MS)
+        # Ids are read again from the database when next needed.
+        self._last_ids.clear()
+        self._committed_ids.clear()
+
+    def _attach(self, wait_ms: int) -> None:
+        """Connect to the database at the path, set it up, note which file it is."""
         path = self.path
         try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -304,25 +416,32 @@ class SQLiteHistory(HistoryStore):
             raise HistoryError(f"cannot open history database {path}: {problem}") from None
         self._db = db
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                self.log.warn("history database {path} is in {mode} journal mode, not WAL", path=path, mode=mode)
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-            db.execute("PRAGMA busy_timeout=1000")
+            db.execute(f"PRAGMA busy_timeout={wait_ms}")
             self._migrate()
             if not os.access(path, os.W_OK):
                 raise HistoryError(f"history database {path} is not writable")
             db.execute("BEGIN IMMEDIATE")  # proves we can write
             db.execute("COMMIT")
-        except sqlite3.Error as problem:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            info = os.stat(path)
+        except (sqlite3.Error, OSError) as problem:
             self._db = None
-            db.close()
+            self._close_quietly(db)
             raise HistoryError(f"cannot use history database {path}: {problem}") from None
         except HistoryError:
             self._db = None
-            db.close()
+            self._close_quietly(db)
             raise
-        # Ids are read again from the database when next needed.
-        self._last_ids.clear()
-        self._committed_ids.clear()
+        self._identity = (info.st_dev, info.st_ino)
+        self._journal = {}
+        for suffix in _JOURNAL_SUFFIXES:
+            journal = _identity(path + suffix)
+            if journal is not None:
+                self._journal[suffix] = journal
 
     def _migrate(self) -> None:
         db = self._connection()
@@ -334,60 +453,284 @@ class SQLiteHistory(HistoryStore):
                 f"history database {self.path} has schema version {version}; this chatd knows up to {SCHEMA_VERSION}"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[target]:
-                    db.execute(statement)
-                db.execute("DELETE FROM schema_version")
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
-                db.execute("COMMIT")
-            except sqlite3.Error:
-                db.execute("ROLLBACK")
-                raise
+            # All of one version's statements or none: DDL is transactional.
+            self._transaction(db, lambda db: self._apply(db, target), "migrate")
             self.log.info("history database {path} migrated to schema version {version}", path=self.path, version=target)
 
+    @staticmethod
+    def _apply(db: sqlite3.Connection, target: int) -> None:
+        for statement in MIGRATIONS[target]:
+            db.execute(statement)
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+
     def close(self) -> None:
-        """Commit what is pending and close the database."""
+        """Commit what is pending and close the database.
+
+        A database file deleted meanwhile is put back first, so that a
+        restart finds the history and continues its ids.
+        """
         if self._db is None:
             return
         try:
+            self._writable()
             super().close()
         finally:
-            self._db.close()
-            self._db = None
+            db, self._db = self._db, None
+            self._identity = None
+            if db is not None:
+                self._close_quietly(db)
+
+    def _close_quietly(self, db: sqlite3.Connection) -> None:
+        """Close ``db``; a failure is logged (nothing pending is left in it)."""
+        try:
+            db.close()
+        except sqlite3.Error as problem:
+            self.log.warn("closing history database {path} failed: {problem}", path=self.path, problem=str(problem))
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
+            if self._lost is not None:
+                raise HistoryError(f"{self._lost} and could not be put back yet")
             raise HistoryError(f"history database {self.path} is closed")
         return self._db
 
+    # -- the file under the connection -------------------------------------
+
+    def _writable(self) -> sqlite3.Connection:
+        """The connection, once sure the path still names its database file.
+
+        One ``stat``: it runs before each write (a reactor turn with
+        messages), and in :meth:`check`.
+        """
+        if self._lost is not None:
+            self._reattach()
+        db = self._connection()
+        change = self._file_change()
+        if change is not None:
+            self._recover(db, change)
+        return self._connection()
+
+    def _file_change(self) -> str | None:
+        """How the path stopped naming the open file ("deleted", "replaced"), or None."""
+        try:
+            info = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return "deleted"
+        except OSError as problem:
+            raise HistoryError(f"cannot check history database {self.path}: {problem}") from None
+        return None if (info.st_dev, info.st_ino) == self._identity else "replaced"
+
+    def _recover(self, old: sqlite3.Connection, change: str) -> None:
+        """Put the history ``old`` still reads at the path, then write there.
+
+        Until this succeeds nothing is written (writes into a deleted
+        file would vanish at the next start, with their ids).
+        """
+        path = self.path
+        self.log.error(
+            "history database {path} was {change} while chatd was running: putting the history chatd has back in place",
+            path=path,
+            change=change,
+        )
+        saved = self._save_copy(old, change)
+        self._remember_last_ids(old)
+        self._lost = f"history database {path} was {change} while chatd was running"
+        self._db = None
+        self._identity = None
+        self._close_quietly(old)
+        self._remove_own_journal()
+        restored = change == "deleted" and self._put_back(saved)
+        self._reattach()
+        if restored:
+            self.log.error("history database {path} recreated from the copy chatd had open: no history lost", path=path)
+        else:
+            self.log.error(
+                "history database {path} was {change}: chatd now writes to the file there, with ids continuing"
+                " after those it handed out; the history it had is saved in {saved}",
+                path=path,
+                change=change,
+                saved=saved,
+            )
+
+    def _save_copy(self, old: sqlite3.Connection, change: str) -> str:
+        """Copy the database ``old`` reads to a new file beside the path."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        saved = None
+        try:
+            size = old.execute("PRAGMA page_count").fetchone()[0] * old.execute("PRAGMA page_size").fetchone()[0]
+            space = os.statvfs(directory)
+            if space.f_bavail * space.f_frsize < size:
+                raise OSError(f"{size} bytes needed, less free in {directory}")
+            handle, saved = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".saved", dir=directory)
+            os.close(handle)
+            copy = sqlite3.connect(saved)
+            try:
+                old.backup(copy)
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error) as problem:
+            if saved is not None:
+                _remove_quietly(saved)
+            raise HistoryError(
+                f"history database {self.path} was {change} while chatd was running and cannot be put back"
+                f" ({problem}): messages are refused until it can"
+            ) from None
+        return saved
+
+    def _remove_own_journal(self) -> None:
+        """Remove the closed database's "-wal" and "-shm" files, if still there.
+
+        SQLite does not checkpoint nor remove the WAL of a database file
+        that was deleted or replaced; left at the path, it would be
+        replayed into whatever file is there next.  The saved copy holds
+        its history.  A journal that came with a replacing file stays.
+        """
+        for suffix, known in self._journal.items():
+            if _identity(self.path + suffix) == known:
+                _remove_quietly(self.path + suffix)
+        self._journal = {}
+
+    def _put_back(self, saved: str) -> bool:
+        """Give the copy the database's name, unless a file took it meanwhile."""
+        if os.path.lexists(self.path):
+            return False
+        # No database is at the path: a journal left there belongs to no
+        # file (and would be replayed into the copy).
+        for suffix in _JOURNAL_SUFFIXES:
+            _remove_quietly(self.path + suffix)
+        try:
+            os.link(saved, self.path)
+        except OSError as problem:
+            self.log.error("cannot link {saved} to {path}: {problem}", saved=saved, path=self.path, problem=str(problem))
+            return False
+        _remove_quietly(saved)
+        return True
+
+    def _remember_last_ids(self, old: sqlite3.Connection) -> None:
+        """Learn every room's last id from ``old``, loaded or not this run."""
+        try:
+            rows = old.execute("SELECT room, last_id FROM rooms").fetchall()
+        except sqlite3.Error as problem:
+            self.log.warn("cannot read room ids from {path}: {problem}", path=self.path, problem=str(problem))
+            return
+        for room, last in rows:
+            if isinstance(last, int) and last > self._committed_ids.get(room, 0):
+                self._committed_ids[room] = last
+                self._last_ids[room] = max(self._last_ids.get(room, 0), last)
+
+    def _reattach(self) -> None:
+        """Use the file at the path again, knowing every id handed out."""
+        if self._db is None:
+            self._attach(BUSY_TIMEOUT_MS)
+        self._restore_last_ids()
+        self._lost = None
+
+    def _restore_last_ids(self) -> None:
+        """Raise each room's last id in the file to what chatd handed out.
+
+        A file put there by someone else may be ahead of chatd instead:
+        then chatd takes its ids, and the pending batch (numbered before)
+        is refused.
+        """
+        rows: list[Any] = self._transaction(self._connection(), self._merge_last_ids)
+        ahead = []
+        for room, last in rows:
+            if room in self._committed_ids and isinstance(last, int) and last > self._committed_ids[room]:
+                self._committed_ids[room] = self._last_ids[room] = last
+                ahead.append(room)
+        if ahead:
+            raise HistoryError(f"history database {self.path} has newer ids than chatd for {', '.join(ahead)}")
+
+    def _merge_last_ids(self, db: sqlite3.Connection) -> list[Any]:
+        db.executemany(
+            "INSERT INTO rooms (room, last_id) VALUES (?, ?)"
+            " ON CONFLICT (room) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+            list(self._committed_ids.items()),
+        )
+        return db.execute("SELECT room, last_id FROM rooms").fetchall()
+
+    # -- transactions ------------------------------------------------------
+
+    def _transaction(self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T], action: str = "write to") -> _T:
+        """Run ``work`` in one write transaction; SQLite errors become HistoryError.
+
+        ``BEGIN IMMEDIATE`` takes the write lock first, so a lock held by
+        another process shows at once, as :class:`HistoryBusy`.
+        """
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+        except sqlite3.Error as problem:
+            raise self._failure(action, problem) from None
+        return result
+
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        """Roll back, without letting a failure hide the error that led here."""
+        # After some errors (SQLITE_FULL, SQLITE_IOERR, ...) SQLite has
+        # rolled back already; a ROLLBACK then fails with "no transaction
+        # is active", which used to replace the real error in every log.
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as problem:
+            self.log.warn("rolling back on history database {path} failed too: {problem}", path=self.path, problem=str(problem))
+
+    def _failure(self, action: str, problem: sqlite3.Error) -> HistoryError:
+        text = f"cannot {action} history database {self.path}: {problem}"
+        return HistoryBusy(text) if _is_busy(problem) else HistoryError(text)
+
+    # -- primitives ----------------------------------------------------------
+
+    def _verify(self) -> None:
+        self._writable()
+        self._query("SELECT room, last_id FROM rooms", ())
+        self._query("SELECT room, id FROM messages ORDER BY room DESC, id DESC LIMIT 1", ())
+
+    def _probe(self) -> None:
+        # A message-sized row written and deleted in one transaction: it
+        # needs the room on disk a message needs, and leaves nothing.
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO messages (room, id, sender, text, timestamp) VALUES (?, 0, '', ?, '')",
+                (_PROBE_ROOM, "x" * 1000),
+            )
+            db.execute("DELETE FROM messages WHERE room = ?", (_PROBE_ROOM,))
+
+        self._transaction(self._writable(), work)
+
     def _load_last_id(self, room: str) -> int:
-        row = self._query("SELECT last_id FROM rooms WHERE room = ?", (room,))
-        return int(row[0][0]) if row else 0
+        rows = self._query("SELECT last_id FROM rooms WHERE room = ?", (room,))
+        if not rows:
+            return 0
+        last = rows[0][0]
+        if type(last) is not int:
+            raise HistoryError(f"history database {self.path} holds a malformed last id for {room}: {last!r}")
+        return last
 
     def _write(self, batch: list[StoredMessage]) -> None:
         last_ids: dict[str, int] = {}
         for message in batch:
             last_ids[message.room] = message.id
-        db = self._connection()
-        try:
-            db.execute("BEGIN")
-            try:
-                db.executemany(
-                    "INSERT INTO messages (room, id, sender, text, timestamp) VALUES (?, ?, ?, ?, ?)",
-                    [(m.room, m.id, m.sender, m.text, m.timestamp) for m in batch],
-                )
-                db.executemany(
-                    "INSERT INTO rooms (room, last_id) VALUES (?, ?)"
-                    " ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
-                    list(last_ids.items()),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as problem:
-            raise HistoryError(f"cannot write to history database {self.path}: {problem}") from None
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO messages (room, id, sender, text, timestamp) VALUES (?, ?, ?, ?, ?)",
+                [(m.room, m.id, m.sender, m.text, m.timestamp) for m in batch],
+            )
+            db.executemany(
+                "INSERT INTO rooms (room, last_id) VALUES (?, ?)"
+                " ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
+                list(last_ids.items()),
+            )
+
+        self._transaction(self._writable(), work)
 
     def _newest(self, room: str, limit: int | None) -> list[StoredMessage]:
         rows = self._query(
@@ -411,25 +754,48 @@ class SQLiteHistory(HistoryStore):
         return self._messages(room, reversed(rows))
 
     def _prune(self, count: int | None, cutoff: str | None) -> int:
-        dropped = 0
-        try:
+        def work(db: sqlite3.Connection) -> int:
+            dropped = 0
             if cutoff is not None:
-                dropped += self._connection().execute("DELETE FROM messages WHERE timestamp < ?", (cutoff,)).rowcount
+                dropped += db.execute("DELETE FROM messages WHERE timestamp < ?", (cutoff,)).rowcount
             if count is not None:
-                dropped += self._connection().execute(
+                dropped += db.execute(
                     "DELETE FROM messages WHERE id <= (SELECT last_id FROM rooms WHERE rooms.room = messages.room) - ?",
                     (count,),
                 ).rowcount
-        except sqlite3.Error as problem:
-            raise HistoryError(f"cannot prune history database {self.path}: {problem}") from None
-        return dropped
+            return dropped
+
+        return self._transaction(self._writable(), work, "prune")
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         try:
             return self._connection().execute(sql, args).fetchall()
         except sqlite3.Error as problem:
-            raise HistoryError(f"cannot read history database {self.path}: {problem}") from None
+            raise self._failure("read", problem) from None
 
-    @staticmethod
-    def _messages(room: str, rows: Iterable[Any]) -> list[StoredMessage]:
-        return [StoredMessage(row[0], room, row[1], row[2], row[3]) for row in rows]
+    def _messages(self, room: str, rows: Iterable[Any]) -> list[StoredMessage]:
+        found = []
+        for message_id, sender, text, timestamp in rows:
+            # SQLite keeps any type in any column: a damaged or foreign
+            # file must not crash the encoder further on.
+            if type(message_id) is not int or not all(isinstance(value, str) for value in (sender, text, timestamp)):
+                raise HistoryError(f"history database {self.path} holds a malformed message in {room}: id {message_id!r}")
+            found.append(StoredMessage(message_id, room, sender, text, timestamp))
+        return found
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove ``path`` if it is there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -9,6 +9,13 @@ a flush (``callLater(0)``), which commits the whole batch in one
 transaction and only then delivers it.  Connections that posted wait for
 that flush before handling their next request (:meth:`Hub.after_flush`),
 so each connection still sees its responses in request order.
+
+When another process holds the database locked, the commit fails at
+once instead of waiting (waiting would freeze every user): the batch
+stays pending and the commit is tried again a little later, messages
+accepted meanwhile joining the batch.  Nothing of it is delivered, and
+no waiting connection goes on, before it is stored, or has failed after
+``RETRY_FOR`` seconds of tries (then its senders get ``server_busy``).
 Nothing here is module-level: a test may build as many hubs as it likes.
 """
 
@@ -21,11 +28,18 @@ from typing import Any, Protocol
 from chatd import messages
 from twisted.logger import Logger
 
-from chatd.history import HistoryError, HistoryStore, StoredMessage
+from chatd.history import HistoryBusy, HistoryError, HistoryStore, StoredMessage
 from chatd.messages import ChatError
 from chatd.metrics import Metrics
 
 LOBBY = "#lobby"
+
+#: Commits the database refused as locked are tried again after
+#: ``RETRY_FIRST`` seconds, each wait doubling up to ``RETRY_MAX``; after
+#: ``RETRY_FOR`` seconds of tries the batch fails.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
+RETRY_FOR = 5.0
 
 _USERNAME = re.compile(r"[A-Za-z0-9]{1,32}")
 # Unicode category Cc except \t (U+0009) and \n (U+000A).
@@ -76,6 +90,10 @@ class Hub:
         self._batch: list[tuple[StoredMessage, Member, Any]] = []
         self._after_flush: list[Any] = []
         self._flush_call: Any = None
+        # While the database refuses the batch as locked: since when, and
+        # the wait before the next try.
+        self._busy_since: float | None = None
+        self._retry_delay = RETRY_FIRST
 
     def now(self) -> str:
         """The reactor's current time as a protocol timestamp."""
@@ -158,30 +176,76 @@ class Hub:
         self._after_flush.append(action)
 
     def flush(self) -> None:
-        """Store the pending batch in one transaction, then deliver it."""
+        """Store the pending batch in one transaction, then deliver it.
+
+        Called directly (at shutdown) this is one last try, synchronous
+        and quick: a batch the database still refuses fails at once.
+        """
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        batch, self._batch = self._batch, []
-        actions, self._after_flush = self._after_flush, []
+        self._commit(last_try=True)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_call = None
+        self._commit(last_try=False)
+
+    def _commit(self, last_try: bool) -> None:
+        """Commit the pending batch; deliver it, fail it or try again later."""
+        retry = not last_try and not self._retries_exhausted()
         started = time.perf_counter()
         try:
-            self.history.commit()
+            self.history.commit(retry=retry)
+        except HistoryBusy as problem:
+            if retry:
+                self._retry_later(str(problem))
+                return
+            self._finish(failure=problem)
         except HistoryError as problem:
-            self.log.error("could not store {count} messages: {problem}", count=len(batch), problem=str(problem))
+            self._finish(failure=problem)
+        else:
+            self._finish(seconds=time.perf_counter() - started)
+
+    def _finish(self, failure: HistoryError | None = None, seconds: float = 0.0) -> None:
+        """The batch is stored (deliver it) or lost; then run the waiting actions."""
+        batch, self._batch = self._batch, []
+        actions, self._after_flush = self._after_flush, []
+        if self._busy_since is not None:
+            waited = self.clock.seconds() - self._busy_since
+            self._busy_since = None
+            if failure is None:
+                self.log.info("history database free again: {count} messages stored after {waited:.2f} s", count=len(batch), waited=waited)
+        if failure is not None:
+            self.log.error("could not store {count} messages: {problem}", count=len(batch), problem=str(failure))
             for message, origin, ref in batch:
                 origin.message_failed(message, ref)
-        else:
-            if batch:
-                self.metrics.history_write_seconds.observe(time.perf_counter() - started)
-                self.metrics.messages_accepted.inc(len(batch))
-                self._fan_out(batch)
+        elif batch:
+            self.metrics.history_write_seconds.observe(seconds)
+            self.metrics.messages_accepted.inc(len(batch))
+            self._fan_out(batch)
         for action in actions:
             action()
 
+    def _retries_exhausted(self) -> bool:
+        return self._busy_since is not None and self.clock.seconds() - self._busy_since >= RETRY_FOR
+
+    def _retry_later(self, problem: str) -> None:
+        """Keep the batch pending and try its commit again a little later."""
+        now = self.clock.seconds()
+        if self._busy_since is None:
+            self._busy_since = now
+            self._retry_delay = RETRY_FIRST
+            self.log.warn("history database busy, {count} messages wait: {problem}", count=len(self._batch), problem=problem)
+        else:
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        # The last try falls on the bound, not up to RETRY_MAX after it.
+        delay = min(self._retry_delay, max(0.0, self._busy_since + RETRY_FOR - now))
+        self._flush_call = self.clock.callLater(delay, self._scheduled_flush)
+
     def _schedule_flush(self) -> None:
+        # While a retry is scheduled, new messages join its batch.
         if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._flush_call = self.clock.callLater(0, self._scheduled_flush)
 
     def _fan_out(self, batch: list[tuple[StoredMessage, Member, Any]]) -> None:
         """Deliver a stored batch to every member.

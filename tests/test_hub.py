@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.history import HistoryError, MemoryHistory, StoredMessage
-from chatd.hub import Hub
+from chatd.history import HistoryError, MemoryHistory, SQLiteHistory, StoredMessage
+from chatd.hub import RETRY_FIRST, RETRY_FOR, RETRY_MAX, Hub
 from chatd.messages import ChatError
 
 from tests.support import FakeClient, make_factory
@@ -128,3 +132,101 @@ class FailedStoreProtocolTests(SynchronousTestCase):
         client.send("msg", "x", ref="r")
         error = client.one()
         self.assertEqual((error["response"], error["code"], error["ref"]), ("error", "server_busy", "r"))
+
+
+class SQLiteHubTests(SynchronousTestCase):
+    """A hub on a real SQLite file: locked by another process, or full.
+
+    Finding 12: a lock freezes nobody.  The store fails fast (a few ms) on the lock; the hub keeps the batch
+    and tries again on the clock.  That a retry is scheduled on the Clock
+    (rather than the commit having waited) is what shows the reactor was
+    not blocked.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "chatd.sqlite3")
+        self.history = SQLiteHistory(self.path)
+        self.addCleanup(self.history.close)
+        self.clock = Clock()
+        self.hub = Hub(self.clock, self.history)
+        self.alice, self.bob = Member("alice"), Member("bob")
+        self.hub.login(self.alice, "alice")
+        self.hub.login(self.bob, "bob")
+
+    def lock(self) -> sqlite3.Connection:
+        locker = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(locker.close)
+        locker.execute("BEGIN EXCLUSIVE")
+        return locker
+
+    def retry_delays(self) -> list[float]:
+        return [round(call.getTime() - self.clock.seconds(), 6) for call in self.clock.getDelayedCalls()]
+
+    def test_retried_later_then_delivered_in_order(self) -> None:
+        locker = self.lock()
+        done: list[list[int]] = []
+        self.hub.post(self.alice, "first")
+        self.hub.after_flush(lambda: done.append(list(self.alice.got)))
+        self.clock.advance(0)
+        self.assertEqual(self.retry_delays(), [RETRY_FIRST])  # the commit did not wait
+        self.assertEqual((self.alice.got, self.alice.failed, done), ([], [], []))
+        self.hub.post(self.bob, "second")  # joins the pending batch
+        self.clock.advance(RETRY_FIRST)
+        self.assertEqual(self.retry_delays(), [2 * RETRY_FIRST])
+        self.assertEqual((self.bob.got, done), ([], []))
+        locker.execute("ROLLBACK")
+        self.clock.advance(2 * RETRY_FIRST)
+        self.assertEqual(self.alice.got, [1, 2])
+        self.assertEqual(self.bob.got, [1, 2])
+        self.assertEqual(done, [[1, 2]])  # waiting requests go on after delivery
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual([m.text for m in self.history.recent("#lobby", None)], ["first", "second"])
+
+    def test_lock_held_too_long_fails_the_batch(self) -> None:
+        locker = self.lock()
+        started = self.clock.seconds()
+        self.hub.post(self.alice, "doomed")
+        self.clock.advance(0)
+        for _ in range(30):
+            delays = self.retry_delays()
+            if not delays:
+                break
+            self.assertLessEqual(delays[0], RETRY_MAX)
+            self.clock.advance(delays[0])
+        self.assertEqual(self.alice.failed, [1])
+        self.assertEqual(self.bob.got, [])
+        self.assertAlmostEqual(self.clock.seconds() - started, RETRY_FOR)
+        locker.execute("ROLLBACK")
+        self.hub.post(self.alice, "kept")
+        self.clock.advance(0)
+        self.assertEqual(self.bob.got, [1])  # the failed id is handed out again
+
+    def test_shutdown_flush_is_one_last_try(self) -> None:
+        locker = self.lock()
+        ran: list[str] = []
+        self.hub.post(self.alice, "x")
+        self.hub.after_flush(lambda: ran.append("after"))
+        self.clock.advance(0)
+        self.assertEqual(self.retry_delays(), [RETRY_FIRST])
+        self.hub.flush()  # a pending retry does not make it wait
+        self.assertEqual((self.alice.failed, ran), ([1], ["after"]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        locker.execute("ROLLBACK")
+        self.hub.post(self.alice, "y")
+        self.hub.flush()  # and it commits synchronously when it can
+        self.assertEqual(self.bob.got, [1])
+
+    def test_disk_full_is_logged_as_such(self) -> None:
+        """Finding 10: the log names the real error, not the failed rollback."""
+        events: list[dict] = []
+        self.patch(Hub, "log", Logger(observer=events.append))
+        db = self.history._connection()
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        self.hub.post(self.alice, "x" * 2000)
+        self.clock.advance(0)
+        self.assertEqual(self.alice.failed, [1])
+        [line] = [formatEvent(event) for event in events if event["log_level"] == LogLevel.error]
+        self.assertIn("database or disk is full", line)
+        self.assertRaises(HistoryError, self.history.check)

@@ -22,6 +22,16 @@ What Redis holds, and how every node uses it:
   expiry.  ``chatd:users`` (a sorted set by login sequence) keeps the
   cluster-wide login order for ``names``.
 
+Only the script gives ids.  Anything else in a stream (an entry added
+by hand, with a clock id like ``1764000000000-0``, without ``sender``,
+with text that is not UTF-8 or longer than ``--max-message``) is skipped
+by every reader and by ``history``, and logged once; the script deletes
+stray entries that lie beyond its sequence (so its next ``XADD`` still
+fits), and a reader that meets one asks for that same repair instead of
+moving its read position past it.  The read loop survives anything:
+whatever goes wrong with one reply is logged, and reading goes on after
+a growing delay.
+
 txredisapi 1.6 notes: ``convertNumbers=False`` (so "007" stays "007");
 every call checks the pool is connected first and has a reply timeout
 (calls made while disconnected would otherwise wait forever); ``XREAD
@@ -31,19 +41,21 @@ BLOCK`` runs on its own single connection with no reply timeout.
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlparse
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chatd import messages
-from chatd.history import MAX_PAGE, StoredMessage
-from chatd.hub import LOBBY, Hub, Member
+from chatd.history import MAX_PAGE, HistoryError, StoredMessage
+from chatd.hub import LOBBY, Hub, Member, clean_text
 from chatd.messages import ChatError
 
 #: A name's key lives this long without a heartbeat (ms).
@@ -55,17 +67,88 @@ CALL_TIMEOUT = 3.0
 #: Messages kept per room stream (approximately).
 STREAM_MAXLEN = 100_000
 
+#: The largest id a stream entry may carry (15 digits): Lua formats and
+#: compares such numbers exactly, and JavaScript clients read them exactly.
+MAX_ID = 10**15 - 1
+#: The longest value of a stream field other than ``text`` (characters).
+MAX_FIELD = 200
+#: The most fields a stream entry may have.
+MAX_FIELDS = 16
+#: How many skipped entries are remembered, so that each is logged once.
+MAX_REPORTED = 1024
+#: Delays between attempts of a failing read loop (s): doubled each time.
+READ_RETRY = 0.5
+READ_RETRY_MAX = 5.0
+
+# Shared by the scripts below (KEYS[1] the sequence, KEYS[2] the stream):
+# entries beyond the sequence were not added by PUBLISH.  One with an id
+# of PUBLISH's form (<n>-1, n of at most 15 digits) may have been
+# delivered by readers already: the sequence moves past it.  Any other
+# (a clock id, say) is deleted: no reader moves past it, and the
+# stream's last id is set back to the sequence, so the next XADD fits.
+REPAIR_FUNCTIONS = """
+local function reset_last_id(stream, seq)
+  if redis.call('EXISTS', stream) == 0 then return end
+  local id = seq .. '-1'
+  local done = redis.pcall('XSETID', stream, id)
+  if type(done) == 'table' and done.err then
+    redis.pcall('XSETID', stream, id, 'ENTRIESADDED', redis.call('XLEN', stream), 'MAXDELETEDID', id)
+  end
+end
+
+local function repair(seq_key, stream, force)
+  local seq = redis.call('GET', seq_key)
+  if not seq or not string.match(seq, '^%d+$') or #seq > 15 then
+    seq = '0'
+    redis.call('SET', seq_key, seq)
+  end
+  local deleted = false
+  for _ = 1, 1000 do
+    local above = redis.call('XREVRANGE', stream, '+', '(' .. seq .. '-1', 'COUNT', 1)
+    if #above == 0 then break end
+    local id = above[1][1]
+    local n = string.match(id, '^([1-9]%d*)%-1$')
+    if n and #n <= 15 then
+      seq = n
+      redis.call('SET', seq_key, n)
+    else
+      redis.call('XDEL', stream, id)
+      deleted = true
+    end
+  end
+  if deleted or force then reset_last_id(stream, seq) end
+  return seq
+end
+"""
+
 # A batch of messages: ARGV[1] is the stream cap, then five fields per
-# message (sender, text, timestamp, node, token), in order.
-PUBLISH = """
+# message (sender, text, timestamp, node, token), in order.  An XADD
+# refused because something not ours lies beyond the sequence repairs
+# the stream and tries once more, with the same id unless the repair
+# moved the sequence; a sequence that is not a number is repaired first.
+PUBLISH = REPAIR_FUNCTIONS + """
+local seq = redis.call('GET', KEYS[1])
+if seq and not (string.match(seq, '^%d+$') and #seq <= 15) then repair(KEYS[1], KEYS[2], true) end
 local ids = {}
 for i = 2, #ARGV, 5 do
+  local fields = {'sender', ARGV[i], 'text', ARGV[i + 1], 'ts', ARGV[i + 2], 'node', ARGV[i + 3], 'token', ARGV[i + 4]}
   local id = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-1', 'sender', ARGV[i], 'text', ARGV[i + 1],
-             'ts', ARGV[i + 2], 'node', ARGV[i + 3], 'token', ARGV[i + 4])
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-1', id), unpack(fields))
+  if type(added) == 'table' and added.err then
+    redis.call('SET', KEYS[1], string.format('%d', id - 1))
+    repair(KEYS[1], KEYS[2], true)
+    id = redis.call('INCR', KEYS[1])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-1', id), unpack(fields))
+  end
   ids[#ids + 1] = id
 end
 return ids
+"""
+
+# The repair alone: returns the sequence (a string), every entry at or
+# below "<sequence>-1" is final.
+REPAIR = REPAIR_FUNCTIONS + """
+return repair(KEYS[1], KEYS[2], false)
 """
 
 CLAIM_NAME = """
@@ -148,12 +231,81 @@ class RedisLink:
         return self.factory.handler.execute_command(*args)
 
 
-def _message(room: str, entry: list[Any]) -> tuple[StoredMessage, str, str]:
-    """A stream entry as (message, publishing node, token)."""
+class BadEntry(ValueError):
+    """A stream entry that PUBLISH did not write as it writes entries."""
+
+
+_SCRIPT_ID = re.compile(r"([1-9][0-9]{0,14})-1")
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_SEQUENCE = re.compile(r"[0-9]{1,15}")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def script_id(stream_id: Any) -> int | None:
+    """The message id of a stream id of PUBLISH's form ``<n>-1``, else None."""
+    if not isinstance(stream_id, str):
+        return None
+    match = _SCRIPT_ID.fullmatch(stream_id)
+    return int(match.group(1)) if match else None
+
+
+def id_order(stream_id: Any) -> tuple[int, int] | None:
+    """A stream id as a tuple that sorts like Redis sorts ids (None if not one)."""
+    match = _STREAM_ID.fullmatch(stream_id) if isinstance(stream_id, str) else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def entry_id(entry: Any) -> Any:
+    """The first item of an entry that is a pair (its stream id if well formed), else None."""
+    return entry[0] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+
+
+def entry_fields(entry: Any) -> tuple[str, dict[str, str]]:
+    """A stream entry ``[id, [field, value, ...]]`` as (id, fields).
+
+    Raises :class:`BadEntry` for any other shape, a field that is not
+    UTF-8 (txredisapi gives it as bytes) or a field other than ``text``
+    longer than :data:`MAX_FIELD`.
+    """
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise BadEntry("not an [id, fields] pair")
     stream_id, raw = entry
+    if not isinstance(stream_id, str) or len(stream_id) > 41:
+        raise BadEntry("its id is not a stream id")
+    if not isinstance(raw, (list, tuple)) or len(raw) % 2 or len(raw) > 2 * MAX_FIELDS:
+        raise BadEntry("its fields are not field/value pairs")
+    if not all(isinstance(item, str) for item in raw):
+        raise BadEntry("a field is not UTF-8 text")
     fields = dict(zip(raw[::2], raw[1::2]))
-    message_id = int(stream_id.split("-")[0])
-    message = StoredMessage(message_id, room, fields["sender"], fields["text"], fields["ts"])
+    for name, value in fields.items():
+        if len(name) > MAX_FIELD or (name != "text" and len(value) > MAX_FIELD):
+            raise BadEntry(f"field {name[:20]!r} is too long")
+    return stream_id, fields
+
+
+def parse_message(room: str, entry: Any, max_text: int) -> tuple[StoredMessage, str, str]:
+    """A stream entry as (message, publishing node, token).
+
+    Raises :class:`BadEntry` unless the entry is one PUBLISH could have
+    written: an id ``<n>-1``, a valid sender, a text of at most
+    ``max_text`` characters, a protocol timestamp.
+    """
+    stream_id, fields = entry_fields(entry)
+    message_id = script_id(stream_id)
+    if message_id is None:
+        raise BadEntry("its id is not of the form <n>-1 that the publishing script gives")
+    sender, text, timestamp = fields.get("sender"), fields.get("text"), fields.get("ts")
+    if sender is None or text is None or timestamp is None:
+        raise BadEntry("sender, text or ts is missing")
+    try:
+        Hub.check_name(sender)
+    except ChatError:
+        raise BadEntry("its sender is not a valid user name") from None
+    if not text.strip() or len(text) > max_text or clean_text(text) != text:
+        raise BadEntry(f"its text is empty, has control characters or is over {max_text} characters")
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise BadEntry("its ts is not a protocol timestamp")
+    message = StoredMessage(message_id, room, sender, text, timestamp)
     return message, fields.get("node", ""), fields.get("token", "")
 
 
@@ -170,6 +322,11 @@ class RedisHistory:
         if not self.cluster.commands.connected:
             raise RedisUnavailable("Redis is not connected")
         return self.cluster.last_delivered
+
+    def check(self) -> None:
+        """For /health: raise :class:`HistoryError` unless Redis is connected."""
+        if not self.cluster.commands.connected:
+            raise HistoryError("Redis is not connected")
 
     def commit(self) -> list[StoredMessage]:
         """Nothing to commit: Redis stores each message as it is published."""
@@ -202,11 +359,15 @@ class ClusterHub(Hub):
         self.commands = RedisLink(reactor, host, port, db, 1, CALL_TIMEOUT)
         self.reader = RedisLink(reactor, host, port, db, 1, None)
         self.stream_key = f"chatd:stream:{LOBBY}"
+        self.seq_key = f"chatd:seq:{LOBBY}"
         self.last_delivered = 0
         self.presence_key = f"chatd:presence:{LOBBY}"
         self._last_stream_id: str | None = None
-        self._start_stream_id = "0-0"
+        self._start_seq = 0
         self._last_presence_id = "0-0"
+        self._retry = READ_RETRY
+        # Skipped entries already logged (bounded: oldest forgotten first).
+        self._reported: OrderedDict[str, None] = OrderedDict()
         self._tokens = itertools.count(1)
         self._outbox: list[str] = []
         self._publish_call: Any = None
@@ -363,10 +524,12 @@ class ClusterHub(Hub):
         self._publish_call = None
         fields, self._outbox = self._outbox, []
         tokens = fields[4::5]
-        d = self.commands.call("EVAL", PUBLISH, "2", f"chatd:seq:{LOBBY}", self.stream_key, str(STREAM_MAXLEN), *fields)
-        d.addCallbacks(
-            lambda ids: self.metrics.messages_accepted.inc(len(ids)), self._publish_failed, errbackArgs=(tokens,)
-        )
+        d = self.commands.call("EVAL", PUBLISH, "2", self.seq_key, self.stream_key, str(STREAM_MAXLEN), *fields)
+        d.addCallbacks(self._published, self._publish_failed, errbackArgs=(tokens,))
+
+    def _published(self, ids: Any) -> None:
+        if isinstance(ids, list):
+            self.metrics.messages_accepted.inc(len(ids))
 
     def _publish_failed(self, failure: Any, tokens: list[str]) -> None:
         # If Redis stored them after all, the stream brings them: waiters
@@ -405,50 +568,169 @@ class ClusterHub(Hub):
     # -- the stream --------------------------------------------------------
 
     def _read(self) -> None:
+        """One turn of the read loop; each turn schedules exactly one next.
+
+        Whatever goes wrong in a turn (Redis away, a reply of a shape we
+        do not expect, a bug) is logged and the next turn comes after a
+        delay that doubles up to :data:`READ_RETRY_MAX`: reading never
+        stops while the node runs.
+        """
         if self._stopped:
             return
         if not self.reader.connected or not self.commands.connected:
             self.clock.callLater(0.2, self._read)
             return
+        d = maybeDeferred(self._read_once)
+        d.addCallbacks(self._read_done, self._read_failed)
+
+    def _read_once(self) -> Deferred[Any]:
         if self._last_stream_id is None:
-            d = self.commands.call("XREVRANGE", self.stream_key, "+", "-", "COUNT", "1")
-            d.addCallback(self._start_position)
-            d.addCallback(lambda _: self.commands.call("XREVRANGE", self.presence_key, "+", "-", "COUNT", "1"))
-            d.addCallbacks(self._presence_position, self._read_failed)
-            return
+            return self._find_start()
         d = self.reader.call(
             "XREAD", "COUNT", "500", "BLOCK", "1000", "STREAMS",
             self.stream_key, self.presence_key, self._last_stream_id, self._last_presence_id,
         )
-        d.addCallbacks(self._got_entries, self._read_failed)
+        return d.addCallback(self._got_entries)
 
-    def _start_position(self, newest: list[Any]) -> None:
-        self._start_stream_id = newest[0][0] if newest else "0-0"
+    def _read_done(self, _: Any) -> None:
+        self._retry = READ_RETRY
+        self.clock.callLater(0, self._read)
 
-    def _presence_position(self, newest: list[Any]) -> None:
-        self._last_presence_id = newest[0][0] if newest else "0-0"
-        self._last_stream_id = self._start_stream_id
-        if self._last_stream_id != "0-0":
-            self.last_delivered = int(self._last_stream_id.split("-")[0])
+    def _read_failed(self, failure: Any) -> None:
+        if self._stopped:
+            return
+        problem = f"{failure.type.__name__}: {failure.getErrorMessage()}"[:300]
+        self.log.warn(
+            "reading the stream failed ({problem}); trying again in {delay}s", problem=problem, delay=self._retry
+        )
+        self.clock.callLater(self._retry, self._read)
+        self._retry = min(self._retry * 2, READ_RETRY_MAX)
+
+    def _find_start(self) -> Deferred[Any]:
+        """Start just past the newest message the script gave.
+
+        That is the repaired sequence, not the stream's newest entry: a
+        stray entry there (a clock id, say) must not become our position.
+        """
+        d = self.commands.call("EVAL", REPAIR, "2", self.seq_key, self.stream_key)
+        d.addCallback(self._start_position)
+        d.addCallback(lambda _: self.commands.call("XREVRANGE", self.presence_key, "+", "-", "COUNT", "1"))
+        return d.addCallback(self._presence_position)
+
+    def _start_position(self, seq: Any) -> None:
+        self._start_seq = _sequence(seq)
+
+    def _presence_position(self, newest: Any) -> None:
+        if newest:
+            top = newest[0][0] if isinstance(newest, list) and isinstance(newest[0], list) and newest[0] else None
+            if id_order(top) is None:
+                raise BadEntry(f"the newest presence entry has no stream id: {top!r:.60}")
+            self._last_presence_id = top
+        self._last_stream_id = f"{self._start_seq}-1" if self._start_seq else "0-0"
+        self.last_delivered = self._start_seq
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(None)
-        self._read()
 
-    def _read_failed(self, failure: Any) -> None:
-        if not self._stopped:
-            self.log.warn("reading the stream failed: {problem}", problem=str(failure.value))
-            self.clock.callLater(1.0, self._read)
+    def _got_entries(self, reply: Any) -> Deferred[Any] | None:
+        """Deliver one ``XREAD`` reply (None: the block timed out).
 
-    def _got_entries(self, reply: Any) -> None:
-        for stream, entries in reply or ():
+        A reply of another shape raises (the loop logs it and retries).
+        If a stray entry holds our position back, the stream is repaired
+        before the next read.
+        """
+        if reply is None:
+            return None
+        if not isinstance(reply, list):
+            raise BadEntry(f"XREAD replied a {type(reply).__name__}")
+        held = None
+        for item in reply:
+            if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], list):
+                raise BadEntry("the XREAD reply is not [stream, entries] pairs")
+            stream, entries = item
             if stream == self.presence_key:
                 self._presence(entries)
-                self._last_presence_id = entries[-1][0]
-            else:
-                self._deliver([_message(LOBBY, entry) for entry in entries])
-                self._last_stream_id = entries[-1][0]
-        self.clock.callLater(0, self._read)
+            elif stream == self.stream_key:
+                held = self._stream_entries(entries)
+        return None if held is None else self._repair(held)
+
+    def _skip(self, stream: str, stream_id: Any, problem: Exception) -> None:
+        """Log a skipped entry, once (the last few hundred are remembered)."""
+        key = f"{stream} {stream_id!r:.60}"
+        if key in self._reported:
+            return
+        self._reported[key] = None
+        if len(self._reported) > MAX_REPORTED:
+            self._reported.popitem(last=False)
+        self.log.warn(
+            "skipping entry {id} of {stream}: {problem}",
+            id=f"{stream_id!r:.60}", stream=stream, problem=str(problem)[:200],
+        )
+
+    def _stream_entries(self, entries: list[Any]) -> str | None:
+        """Deliver the messages among ``entries``; skip the rest.
+
+        Returns the id of a stray entry our position could not move past
+        (its id is not of the script's form, so a message may come later
+        with a smaller id), or None.
+        """
+        batch: list[tuple[StoredMessage, Member, Any]] = []
+        origins: list[Member] = []
+        held = None
+        for entry in entries:
+            stream_id = entry_id(entry)
+            try:
+                message, node, token = parse_message(LOBBY, entry, self.max_message)
+            except BadEntry as problem:
+                self._skip(self.stream_key, stream_id, problem)
+                self._release_skipped(entry)
+                if script_id(stream_id) is not None:
+                    self._last_stream_id, held = stream_id, None
+                elif id_order(stream_id) is not None:
+                    held = stream_id
+                continue
+            self._last_stream_id, held = stream_id, None
+            if message.id <= self.last_delivered:
+                continue
+            self.last_delivered = message.id
+            origin, ref = self._pending.pop(token, (None, None)) if node == self.node else (None, None)
+            batch.append((message, origin, ref))  # type: ignore[arg-type]
+            if origin is not None:
+                origins.append(origin)
+        try:
+            if batch:
+                self._fan_out(batch)
+        finally:
+            for origin in origins:  # senders get their answers whatever happened
+                self._done(origin)
+        return held
+
+    def _release_skipped(self, entry: Any) -> None:
+        """A skipped entry of ours: its sender hears it failed, and waits no more."""
+        raw = entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list) else []
+        # Read leniently: the entry may be bad in any other way.
+        fields = {name: value for name, value in zip(raw[::2], raw[1::2]) if isinstance(name, str)}
+        token = fields.get("token")
+        if fields.get("node") != self.node or not isinstance(token, str):
+            return
+        pending = self._pending.pop(token, None)
+        if pending is not None:
+            member, ref = pending
+            member.message_failed(None, ref)  # type: ignore[arg-type]
+            self._done(member)
+
+    def _repair(self, held: str) -> Deferred[Any]:
+        """Have the script clear the stray entries beyond its sequence."""
+        d = self.commands.call("EVAL", REPAIR, "2", self.seq_key, self.stream_key)
+        return d.addCallback(self._repaired, held)
+
+    def _repaired(self, seq: Any, held: str) -> None:
+        # Every entry at or below "<seq>-1" is final (later messages get
+        # greater ids): a stray entry there may be passed.  One above was
+        # deleted: read again from where we are.
+        held_order, position = id_order(held), id_order(self._last_stream_id)
+        if held_order is not None and position is not None and position < held_order <= (_sequence(seq), 1):
+            self._last_stream_id = held
 
     def _announce(self, name: str, status: str, subject: Member) -> None:
         """Presence goes through Redis, so users on every node hear of it."""
@@ -458,29 +740,36 @@ class ClusterHub(Hub):
         d.addErrback(self._log_failure, "announcing presence")
 
     def _presence(self, entries: list[Any]) -> None:
-        for _id, raw in entries:
-            fields = dict(zip(raw[::2], raw[1::2]))
-            user, status, node = fields.get("user", ""), fields.get("status", ""), fields.get("node", "")
-            for member in list(self._members.values()):
-                if node == self.node and member.name is not None and member.name.lower() == user.lower():
-                    continue  # nobody is told of themselves
-                member.presence(user, status, LOBBY)
+        for entry in entries:
+            stream_id = entry_id(entry)
+            try:
+                user, status, node = self._presence_fields(entry)
+            except BadEntry as problem:
+                self._skip(self.presence_key, stream_id, problem)
+                user = None
+            if id_order(stream_id) is not None:
+                self._last_presence_id = stream_id  # first: a failure below must not repeat it
+            if user is not None:
+                self._tell_presence(user, status, node)
 
-    def _deliver(self, entries: list[tuple[StoredMessage, str, str]]) -> None:
-        batch: list[tuple[StoredMessage, Member, Any]] = []
-        origins = []
-        for message, node, token in entries:
-            if message.id <= self.last_delivered:
-                continue
-            self.last_delivered = message.id
-            origin, ref = self._pending.pop(token, (None, None)) if node == self.node else (None, None)
-            batch.append((message, origin, ref))  # type: ignore[arg-type]
-            if origin is not None:
-                origins.append(origin)
-        if batch:
-            self._fan_out(batch)
-        for origin in origins:
-            self._done(origin)
+    @staticmethod
+    def _presence_fields(entry: Any) -> tuple[str, str, str]:
+        """(user, status, node) of a presence entry, or :class:`BadEntry`."""
+        _id, fields = entry_fields(entry)
+        user, status, node = fields.get("user", ""), fields.get("status", ""), fields.get("node", "")
+        try:
+            Hub.check_name(user)
+        except ChatError:
+            raise BadEntry("its user is not a valid user name") from None
+        if status not in ("online", "offline"):
+            raise BadEntry("its status is neither online nor offline")
+        return user, status, node
+
+    def _tell_presence(self, user: str, status: str, node: str) -> None:
+        for member in list(self._members.values()):
+            if node == self.node and member.name is not None and member.name.lower() == user.lower():
+                continue  # nobody is told of themselves
+            member.presence(user, status, LOBBY)
 
     # -- history -----------------------------------------------------------
 
@@ -489,23 +778,40 @@ class ClusterHub(Hub):
             return succeed([])
         count = ["COUNT", str(limit)] if limit is not None else []
         d = self.commands.call("XREVRANGE", self.stream_key, "+", "-", *count)
-        return d.addCallback(lambda entries: [_message(LOBBY, e)[0] for e in reversed(entries)]).addErrback(
-            self._busy_unless_chat_error
-        )
+        return d.addCallback(lambda entries: self._messages(entries)[::-1]).addErrback(self._busy_unless_chat_error)
 
     def page(self, before: int | None, after: int | None, limit: int) -> Deferred[tuple[list[StoredMessage], bool]]:  # type: ignore[override]
         limit = max(1, min(MAX_PAGE, limit))
         count = str(limit + 1)
         if after is not None:
             d = self.commands.call("XRANGE", self.stream_key, f"({after}-1", "+", "COUNT", count)
-            d.addCallback(lambda entries: ([_message(LOBBY, e)[0] for e in entries[:limit]], len(entries) > limit))
+            d.addCallback(lambda entries: (self._messages(entries[:limit]), len(entries) > limit))
         else:
             top = "+" if before is None else f"({before}-0"
             d = self.commands.call("XREVRANGE", self.stream_key, top, "-", "COUNT", count)
-            d.addCallback(
-                lambda entries: ([_message(LOBBY, e)[0] for e in reversed(entries[:limit])], len(entries) > limit)
-            )
+            d.addCallback(lambda entries: (self._messages(entries[:limit])[::-1], len(entries) > limit))
         return d.addErrback(self._busy_unless_chat_error)
+
+    def _messages(self, entries: Any) -> list[StoredMessage]:
+        """The messages among history entries, in their order; the rest skipped."""
+        if not isinstance(entries, list):
+            raise BadEntry(f"the history read replied a {type(entries).__name__}")
+        kept = []
+        for entry in entries:
+            try:
+                kept.append(parse_message(LOBBY, entry, self.max_message)[0])
+            except BadEntry as problem:
+                self._skip(self.stream_key, entry_id(entry), problem)
+        return kept
+
+
+def _sequence(reply: Any) -> int:
+    """The sequence the repair script returned (a string of digits)."""
+    if isinstance(reply, str) and _SEQUENCE.fullmatch(reply):
+        return int(reply)
+    if isinstance(reply, int) and 0 <= reply <= MAX_ID:
+        return reply
+    raise BadEntry(f"the repair replied {reply!r:.60} instead of a sequence")
 
 
 class ClusterService(Service):

@@ -8,12 +8,20 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from chatd.history import HistoryError
-from chatd.web import HealthResource, MetricsResource, OriginCheckedWebSocketResource, WebSocketChatTransport
+from chatd.web import (
+    HealthResource,
+    MetricsResource,
+    OriginCheckedWebSocketResource,
+    OriginPolicy,
+    WebSocketChatTransport,
+    listen_address,
+)
 
 from tests.e2e import can_connect, DEADLINE, LinesClient, ServerProcess, free_port, wait_for
 from tests.support import FakeClient, make_factory
@@ -78,9 +86,39 @@ class HealthTests(SynchronousTestCase):
             raise HistoryError("disk gone")
 
         factory.hub.history.last_id = broken  # type: ignore[method-assign]
+        factory.hub.history.check = broken  # type: ignore[attr-defined]
         code, body, _ = get(HealthResource(factory))
         self.assertEqual(code, 503)
         self.assertEqual(json.loads(body)["status"], "failing")
+
+    def test_check_is_asked(self) -> None:
+        """/health asks the store's check(), which also tries a write."""
+        factory = make_factory()
+        checks: list[int] = []
+
+        def cannot_write() -> None:
+            checks.append(1)
+            raise OSError("read-only file system")
+
+        factory.hub.history.check = cannot_write  # type: ignore[attr-defined]
+        code, body, _ = get(HealthResource(factory))
+        self.assertEqual((code, json.loads(body)["status"], len(checks)), (503, "failing", 1))
+        factory.hub.history.check = lambda: None  # type: ignore[attr-defined]
+        self.assertEqual(get(HealthResource(factory))[0], 200)
+
+    def test_cluster_names_are_a_deferred(self) -> None:
+        """A clustered hub's names() is a Deferred: /health and /metrics count local users."""
+        factory = make_factory()
+        FakeClient(factory).login("ann")
+        FakeClient(factory).login("bea")
+        FakeClient(factory)
+        factory.hub.names = lambda: Deferred()  # type: ignore[method-assign]
+        code, body, _ = get(HealthResource(factory))
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body)["users"], 2)
+        code, body, _ = get(MetricsResource(factory))
+        self.assertEqual(code, 200)
+        self.assertIn(b"chatd_users 2.0", body)
 
 
 class MetricsTests(SynchronousTestCase):
@@ -120,28 +158,66 @@ class MetricsTests(SynchronousTestCase):
 
 
 class OriginTests(SynchronousTestCase):
-    def resource(self, extra: list[str] | None = None) -> OriginCheckedWebSocketResource:
-        return OriginCheckedWebSocketResource(None, extra or [])  # type: ignore[arg-type]
+    """Only configured origins and the web endpoint's own names may open /ws; Host is never trusted."""
 
-    def allowed(self, origin: bytes | None, host: bytes = b"chat.example.org:8080", extra: list[str] | None = None) -> bool:
+    def allowed(
+        self,
+        origin: bytes | None,
+        host: bytes = b"127.0.0.1:8080",
+        extra: list[str] | None = None,
+        port: int | None = 8080,
+        interface: str | None = None,
+        local: tuple[str, int] = ("127.0.0.1", 8080),
+    ) -> bool:
         request = DummyRequest([b"ws"])
         request.requestHeaders.addRawHeader(b"host", host)
         if origin is not None:
             request.requestHeaders.addRawHeader(b"origin", origin)
-        return self.resource(extra).origin_allowed(request)
+        request.getHost = lambda: IPv4Address("TCP", *local)  # type: ignore[method-assign]
+        resource = OriginCheckedWebSocketResource(None, OriginPolicy(extra or [], port, interface))  # type: ignore[arg-type]
+        return resource.origin_allowed(request)
 
-    def test_same_host_allowed(self) -> None:
-        self.assertTrue(self.allowed(b"http://chat.example.org:8080"))
-        self.assertTrue(self.allowed(b"https://chat.example.org:8080"))
-        self.assertTrue(self.allowed(b"HTTP://Chat.Example.org:8080"))
+    def test_loopback_names_on_the_web_port(self) -> None:
+        for origin in (b"http://127.0.0.1:8080", b"http://localhost:8080", b"https://localhost:8080",
+                       b"http://[::1]:8080", b"HTTP://LocalHost:8080/"):
+            self.assertTrue(self.allowed(origin), origin)
+
+    def test_host_header_is_not_trusted(self) -> None:
+        """DNS rebinding: the page's own name arrives as both Origin and Host."""
+        self.assertFalse(self.allowed(b"http://evil.example:8080", host=b"evil.example:8080"))
+        self.assertFalse(self.allowed(b"http://chat.example.org:8080", host=b"chat.example.org:8080"))
 
     def test_other_origins_refused(self) -> None:
         self.assertFalse(self.allowed(b"http://evil.example"))
-        self.assertFalse(self.allowed(b"http://chat.example.org"))  # another port
+        self.assertFalse(self.allowed(b"http://127.0.0.1:8081"))  # another port
+        self.assertFalse(self.allowed(b"http://127.0.0.1"))  # port 80
         self.assertFalse(self.allowed(b"null"))
+        self.assertFalse(self.allowed(b"http://127.0.0.1:8080.evil.example"))
+        self.assertFalse(self.allowed(b"http://user@127.0.0.1:8080"))
+        self.assertFalse(self.allowed(b"http://127.0.0.1:99999"))
+        self.assertFalse(self.allowed(b"ftp://127.0.0.1:8080"))
+
+    def test_interface_name(self) -> None:
+        self.assertTrue(self.allowed(b"http://10.1.2.3:8080", interface="10.1.2.3", local=("10.1.2.3", 8080)))
+        self.assertTrue(self.allowed(b"http://[fd00::1]:8080", interface="fd00::1"))
+        self.assertFalse(self.allowed(b"http://0.0.0.0:8080", interface="0.0.0.0"))
+
+    def test_the_address_the_connection_arrived_at(self) -> None:
+        """An IP literal no other site's page can have: listening on all interfaces, a LAN user's page works."""
+        self.assertTrue(self.allowed(b"http://192.168.1.5:8080", interface="0.0.0.0", local=("192.168.1.5", 8080)))
+        self.assertFalse(self.allowed(b"http://192.168.1.6:8080", interface="0.0.0.0", local=("192.168.1.5", 8080)))
+
+    def test_port_from_the_connection_when_unknown(self) -> None:
+        self.assertTrue(self.allowed(b"http://localhost:4321", port=None, local=("127.0.0.1", 4321)))
+        self.assertFalse(self.allowed(b"http://localhost:4322", port=None, local=("127.0.0.1", 4321)))
 
     def test_configured_origins(self) -> None:
         self.assertTrue(self.allowed(b"https://app.example.org", extra=["https://app.example.org/"]))
+        self.assertTrue(self.allowed(b"https://app.example.org", extra=["https://App.Example.org:443"]))
+        self.assertFalse(self.allowed(b"http://app.example.org", extra=["https://app.example.org"]))
+
+    def test_bad_configured_origin(self) -> None:
+        self.assertRaises(ValueError, OriginPolicy, ["chat.example.org"])
 
     def test_no_origin_is_not_a_browser(self) -> None:
         self.assertTrue(self.allowed(None))
@@ -150,8 +226,18 @@ class OriginTests(SynchronousTestCase):
         request = DummyRequest([b"ws"])
         request.requestHeaders.addRawHeader(b"host", b"a:1")
         request.requestHeaders.addRawHeader(b"origin", b"http://b:1")
-        self.resource().render_GET(request)
+        OriginCheckedWebSocketResource(None, OriginPolicy([], 8080)).render_GET(request)  # type: ignore[arg-type]
         self.assertEqual(request.responseCode, 403)
+
+
+class ListenAddressTests(SynchronousTestCase):
+    def test_descriptions(self) -> None:
+        self.assertEqual(listen_address("tcp:8080"), (8080, None))
+        self.assertEqual(listen_address("tcp:8080:interface=127.0.0.1"), (8080, "127.0.0.1"))
+        self.assertEqual(listen_address("tcp:port=8080:interface=10.0.0.1"), (8080, "10.0.0.1"))
+        self.assertEqual(listen_address(r"tcp6:8080:interface=\:\:1"), (8080, "::1"))
+        self.assertEqual(listen_address("ssl:8443:privateKey=k.pem:interface=10.0.0.2"), (8443, "10.0.0.2"))
+        self.assertEqual(listen_address("unix:/run/chatd.sock"), (None, None))
 
 
 class WebEndToEndTests(SynchronousTestCase):

@@ -130,7 +130,7 @@ class Chatd(Server):
     def command(self) -> list[str]:
         profiling = ["--profiler=cprofile", f"--profile={self.profile}", "--savestats"] if self.profile else []
         return [*twistd_command(), *profiling, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                "--msg-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir, *self.extra]
+                "--msg-rate", "0", "--request-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir, *self.extra]
 
 
 INSPIRCD_CONF = """

@@ -121,7 +121,7 @@ def run_once(store: str, args: argparse.Namespace) -> tuple[float, float]:
         port = free_port()
         stats = os.path.join(data_dir, "stats.json")
         server_args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--history", store, "--data-dir", data_dir,
-                       "--history-on-login", "0", "--msg-rate", "0", "--max-per-ip", "0", *args.server_arg]
+                       "--history-on-login", "0", "--msg-rate", "0", "--request-rate", "0", "--max-per-ip", "0", *args.server_arg]
         child = subprocess.Popen([sys.executable, __file__, "serve", stats, *server_args],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -1,12 +1,15 @@
-"""Per-connection limits that need a little state: rate and send queue.
+"""Per-connection limits that need a little state: rates, request budget,
+send queue.
 
-Both read time from the reactor clock they are given, so tests drive
-them with ``task.Clock``.
+All read time from the reactor clock they are given, so tests drive them
+with ``task.Clock``.  That clock is the wall clock in production, which
+can step backwards (NTP, a VM resumed): every interval is clamped at 0, so
+a backward step never takes tokens away or makes anyone wait for it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 class TokenBucket:
@@ -44,7 +47,7 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self.clock.seconds()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._tokens = min(self.burst, self._tokens + _elapsed(self._updated, now) * self.rate)
         self._updated = now
 
 
@@ -65,9 +68,53 @@ class FloodMeter:
     def reject(self) -> bool:
         """Record one rejection; True when the flood limit is passed."""
         now = self.clock.seconds()
-        self._level = max(0.0, self._level - (now - self._updated) * self.rate) + 1
+        self._level = max(0.0, self._level - _elapsed(self._updated, now) * self.rate) + 1
         self._updated = now
         return self._level > self.limit
+
+
+def _elapsed(since: float, now: float) -> float:
+    """Seconds from ``since`` to ``now``; 0 if the clock went backwards."""
+    return max(0.0, now - since)
+
+
+class RequestBudget(TokenBucket):
+    """Every request costs work; each connection has a budget of it.
+
+    Like ergo's "fakelag": a connection holds up to ``burst`` units,
+    refilled at ``rate`` units per second.  Handling a request charges its
+    cost, and the balance may go below zero (one expensive request is
+    never refused for its size alone); while it is below zero the
+    connection's next request waits (:meth:`wait`).  ``rate`` 0 turns the
+    budget off.
+    """
+
+    @property
+    def balance(self) -> float:
+        """Units left now (negative: in debt)."""
+        if not self.unlimited:
+            self._refill()
+        return self._tokens
+
+    def wait(self) -> float:
+        """Seconds until the next request may be handled (0: now)."""
+        if self.unlimited:
+            return 0.0
+        balance = self.balance
+        # The tolerance keeps float rounding from rescheduling forever.
+        return 0.0 if balance > -1e-6 else -balance / self.rate
+
+    def charge(self, cost: float) -> None:
+        """Take ``cost`` units for a request being handled."""
+        if not self.unlimited:
+            self._tokens = self.balance - cost
+
+    def behind(self, queued_cost: float) -> float:
+        """Seconds of refill that ``queued_cost`` more units would need
+        beyond the balance: how far a connection's input is ahead of it."""
+        if self.unlimited:
+            return 0.0
+        return max(0.0, queued_cost - self.balance) / self.rate
 
 
 class SendQueueMeter:
@@ -80,10 +127,11 @@ class SendQueueMeter:
     The kernel's socket buffer is not counted (the transport cannot see it).
     """
 
-    def __init__(self, buffer_size: int) -> None:
+    def __init__(self, buffer_size: int, on_resume: Callable[[], None] | None = None) -> None:
         self.buffer_size = buffer_size
         self.backlogged = False
         self._since_pause = 0
+        self._on_resume = on_resume
 
     @property
     def unsent(self) -> int:
@@ -96,14 +144,22 @@ class SendQueueMeter:
             self._since_pause += size
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full."""
-        self.backlogged = True
-        self._since_pause = 0
+        """The transport's buffer is full.
+
+        Twisted calls this on *every* write while its buffer is over
+        ``bufferSize``, not only on the first: only the first starts the
+        count, or a reader that never reads would never be measured.
+        """
+        if not self.backlogged:
+            self.backlogged = True
+            self._since_pause = 0
 
     def resumeProducing(self) -> None:
         """The transport's buffer is empty."""
         self.backlogged = False
         self._since_pause = 0
+        if self._on_resume is not None:
+            self._on_resume()
 
     def stopProducing(self) -> None:
         """The connection is going away."""

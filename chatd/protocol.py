@@ -19,8 +19,8 @@ from twisted.protocols.basic import LineReceiver
 
 from chatd import __version__, messages
 from chatd.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
-from chatd.history import MAX_PAGE, StoredMessage
-from chatd.limits import FloodMeter, SendQueueMeter, TokenBucket
+from chatd.history import MAX_PAGE, HistoryError, StoredMessage
+from chatd.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
 from chatd.writethrough import writer_for
 from chatd.hub import LOBBY
 from chatd.messages import ChatError
@@ -54,6 +54,26 @@ MAX_REF_LENGTH = 128
 #: Messages one connection may add to one batch (one reactor turn); the
 #: rest wait for the next turn, which bounds the work done in one turn.
 MAX_BATCH_PER_CONNECTION = 32
+
+#: Requests of any type one connection gets handled in one reactor turn;
+#: the rest wait for the next turn, so no connection holds the reactor.
+MAX_REQUESTS_PER_TURN = 32
+
+#: A connection whose queued requests are this many seconds of budget
+#: ahead of it is flooding: ``rate_limited``, then it is closed.
+FLOOD_SECONDS = 10.0
+
+#: Seconds a closing connection gets to take its last output (and a TLS
+#: peer to answer the close) before the connection is aborted.
+CLOSE_GRACE = 10.0
+
+#: Request budget costs (see :func:`request_cost`): a request costs 1
+#: unit, plus this much per history row or listed name it may return.
+COST_PER_ROW = 1 / 25
+COST_PER_NAME = 1 / 100
+
+#: The largest message id (SQLite's INTEGER is 64-bit signed).
+MAX_ID = 2**63 - 1
 
 
 def trimmed_history(payloads: list[bytes], timestamp: str, limit: int) -> list[str]:
@@ -101,21 +121,27 @@ class ChatProtocol(LineReceiver):
     _batched = 0  # our messages in the pending batch
     _answering = False  # a request is being answered later (clustered hub)
     _reading_paused = False
+    _queued_cost = 0.0  # budget units of the requests in _events
+    _resume_call: Any = None  # handles the queued requests later (budget, turn)
+    _close_deadline: Any = None  # aborts a closing connection that will not close
+    _producer_registered = False
 
     def connectionMade(self) -> None:
         self.log.info("connection from {peer}", peer=_peer(self))
         config = self.factory.config
         self.MAX_LENGTH = config.max_request
         self.decoder = StreamDecoder(config.max_request)
-        self._events: deque[Decoded] = deque()
+        self._events: deque[tuple[Decoded, float]] = deque()
         clock = self.factory.clock
         self.rate = TokenBucket(clock, config.msg_rate, config.msg_burst)
         # Rejections are forgiven at the allowed rate: sending at several
         # times the rate fills this within seconds, and then we hang up.
         self.flood = FloodMeter(clock, config.msg_rate, 2 * config.msg_burst)
-        self.sendq = SendQueueMeter(getattr(self.transport, "bufferSize", DEFAULT_BUFFER_SIZE))
+        self.budget = RequestBudget(clock, config.request_rate, config.request_burst)
+        self.sendq = SendQueueMeter(getattr(self.transport, "bufferSize", DEFAULT_BUFFER_SIZE), self._output_drained)
         self._transport_write = writer_for(self.transport)
         self.transport.registerProducer(self.sendq, True)
+        self._producer_registered = True
         if config.framing != "auto":
             self._use_framing(config.framing)
         self._start_login_timer()
@@ -125,6 +151,10 @@ class ChatProtocol(LineReceiver):
         self.factory.connection_closed(self)
         self._cancel_login_timer()
         self._cancel_idle_timer()
+        self._cancel(self._resume_call)
+        self._cancel(self._close_deadline)
+        self._resume_call = self._close_deadline = None
+        self._events.clear()
         if self.output is not None:
             self.output.stop()
         if self.name is not None:
@@ -143,28 +173,82 @@ class ChatProtocol(LineReceiver):
         events = self.decoder.feed(data)
         if events and self.output is None:
             self._use_framing(LINES if events[0].newline_follows else CLASSIC)
-        self._events.extend(events)
+        for event in events:
+            cost = request_cost(event, self.factory)
+            self._events.append((event, cost))
+            self._queued_cost += cost
         self._process_events()
+        # What this turn could not handle waits for the budget; that much
+        # waiting is a flood.
+        if self.budget.behind(self._queued_cost) > FLOOD_SECONDS:
+            self._flooded()
 
     def _process_events(self) -> None:
-        """Handle queued requests in order.
+        """Handle queued requests in order, within the budget.
 
         While a msg of ours waits to be stored, further msg requests join
         the same batch (one transaction for a burst), but anything that
         would answer directly waits until our echoes are out: each
-        connection sees its responses in request order.
+        connection sees its responses in request order.  A request waits
+        while the connection's budget is in debt, or its output is not
+        being read, and after :data:`MAX_REQUESTS_PER_TURN` in one turn.
         """
-        while self._events and not self.closing and self._held is None and not self._answering:
-            if self._waiting_for_store and (
-                not _is_msg(self._events[0]) or self._batched >= MAX_BATCH_PER_CONNECTION
-            ):
+        handled = 0
+        while self._events and self._may_handle():
+            event, cost = self._events[0]
+            if self._waiting_for_store and (not _is_msg(event) or self._batched >= MAX_BATCH_PER_CONNECTION):
                 break
-            self._handle_event(self._events.popleft())
-        # Requests wait for the next reactor turn: stop reading meanwhile,
-        # so a flood is spread over turns instead of stalling one.
-        if self._events and not self.closing and not self._reading_paused:
-            self._reading_paused = True
+            wait = self.budget.wait()
+            if wait > 0 or handled >= MAX_REQUESTS_PER_TURN:
+                self._process_later(wait)
+                break
+            self._events.popleft()
+            self._queued_cost -= cost
+            self.budget.charge(cost)
+            handled += 1
+            self._handle_event(event)
+        if not self._events:
+            self._queued_cost = 0.0  # no float drift across a long session
+        self._update_reading()
+
+    def _may_handle(self) -> bool:
+        return not self.closing and self._held is None and not self._answering and not self.sendq.backlogged
+
+    def _process_later(self, delay: float) -> None:
+        if self._resume_call is None or not self._resume_call.active():
+            self._resume_call = self.factory.clock.callLater(delay, self._process_events)
+
+    def _update_reading(self) -> None:
+        """Read from the client only while its requests can be handled.
+
+        Queued requests (over the budget, or past this turn's share) and
+        output the client is not reading both stop the reading, so one
+        connection's flood is spread over time instead of stalling the
+        reactor or filling memory.  A closing connection reads again: its
+        peer's close must be seen.
+        """
+        pause = not self.closing and (bool(self._events) or self.sendq.backlogged)
+        if pause == self._reading_paused or self.transport is None:
+            return
+        self._reading_paused = pause
+        if pause:
             self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
+    def _output_drained(self) -> None:
+        """The transport sent its buffer: requests may be handled again."""
+        if not self.closing:
+            self._process_events()
+
+    def _flooded(self) -> None:
+        if self.closing:
+            return
+        self.log.info("closing {peer} ({user}): flooding requests", peer=_peer(self), user=self.name)
+        self._events.clear()
+        self._queued_cost = 0.0
+        self.send_error(messages.RATE_LIMITED, "Flooding: you keep sending far too fast. Closing the connection.")
+        self.close_after_output()
 
     def _store_done(self) -> None:
         self._waiting_for_store = False
@@ -172,10 +256,10 @@ class ChatProtocol(LineReceiver):
         held, self._held = self._held, None
         for payload in held or ():
             self.sendLine(payload)
+        if self.closing:
+            self._close_when_drained()
+            return
         self._process_events()
-        if not self._events and self._reading_paused and not self.closing:
-            self._reading_paused = False
-            self.transport.resumeProducing()
 
     def _handle_event(self, event: Decoded) -> None:
         if event.error == messages.TOO_LONG:
@@ -209,6 +293,9 @@ class ChatProtocol(LineReceiver):
         except ChatError as failure:
             self.send_error(failure.code, failure.text)
             result = None
+        except HistoryError as problem:
+            self._history_failed(problem)
+            result = None
         if isinstance(result, Deferred):
             # A clustered hub answers later: this connection's next
             # requests wait, and the ref stays set for the answer.
@@ -218,12 +305,19 @@ class ChatProtocol(LineReceiver):
         self._ref = None
 
     def _async_failed(self, failure: Failure) -> None:
-        error = failure.check(ChatError)
-        if error is None:
+        if failure.check(ChatError):
+            self.send_error(failure.value.code, failure.value.text)
+        elif failure.check(HistoryError):
+            self._history_failed(failure.value)
+        else:
             self.log.failure("request failed", failure)
             self.send_error(messages.SERVER_BUSY, "The server could not complete this request; try again.")
-        else:
-            self.send_error(failure.value.code, failure.value.text)
+
+    def _history_failed(self, problem: Exception) -> None:
+        """The history store could not answer: ``server_busy``, and the
+        connection goes on (a login stays logged in)."""
+        self.log.error("history unavailable for {peer}: {problem}", peer=_peer(self), problem=str(problem))
+        self.send_error(messages.SERVER_BUSY, "History is unavailable right now; try again later.")
 
     def _async_done(self, _: object) -> None:
         self._answering = False
@@ -390,15 +484,16 @@ class ChatProtocol(LineReceiver):
 
     def deliver(self, message: StoredMessage) -> None:
         """Fan-out from the hub: the pre-encoded message, as is."""
-        if self.output is None or self.closing:
+        if not self._takes_fan_out():
             return
+        assert self.output is not None
         self.output.send(message.payload, message.line)
         self._check_sendq()
 
     def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
         """Fan-out of a batch: lines framing writes the shared block at once."""
         output = self.output
-        if output is None or self.closing:
+        if output is None or not self._takes_fan_out():
             return
         if output.name == LINES:
             output.send_block(lines)
@@ -409,10 +504,17 @@ class ChatProtocol(LineReceiver):
 
     def deliver_own(self, message: StoredMessage, ref: Any) -> None:
         """Fan-out of our own message: the echo carries our request's ``ref``."""
-        if self.output is None or self.closing:
+        if not self._takes_fan_out():
             return
+        assert self.output is not None
         self.output.send(messages.encode(message.as_response(ref=ref)))
         self._check_sendq()
+
+    def _takes_fan_out(self) -> bool:
+        """Whether messages go out to this connection: until it closes,
+        and while closing only the batch it waits for (its own echoes
+        and whatever came before its last words)."""
+        return self.output is not None and (not self.closing or self._waiting_for_store)
 
     def presence(self, user: str, status: str, room: str) -> None:
         """v2 only: who came or went (a v1 client never gets this type)."""
@@ -437,7 +539,7 @@ class ChatProtocol(LineReceiver):
 
     def message_failed(self, message: StoredMessage, ref: Any) -> None:
         """The hub could not store our message: tell the sender."""
-        if self.closing:
+        if not self._takes_fan_out():
             return
         self._ref = ref
         try:
@@ -446,12 +548,49 @@ class ChatProtocol(LineReceiver):
             self._ref = None
 
     def close_after_output(self) -> None:
-        """Stop reading, write what is queued, then close."""
+        """Ignore further input, write what is queued, then close.
+
+        Every close goes through here (or aborts at once): whatever the
+        peer does, the socket is closed within :data:`CLOSE_GRACE`
+        seconds, aborted if it has not taken its output by then.
+        """
+        if self._close_deadline is not None:
+            return
         self.closing = True
+        self._events.clear()
+        self._queued_cost = 0.0
+        self._cancel(self._resume_call)
+        self._close_deadline = self.factory.clock.callLater(CLOSE_GRACE, self._abort)
+        self._update_reading()
+        if self._waiting_for_store:
+            return  # _store_done closes once our echoes are written
+        self._close_when_drained()
+
+    def _close_when_drained(self) -> None:
         if self.output is None:
-            self.transport.loseConnection()
+            self._lose_connection()
         else:
-            self.output.when_drained(self.transport.loseConnection)
+            self.output.when_drained(self._lose_connection)
+
+    def _lose_connection(self) -> None:
+        # A registered streaming producer keeps a TLS transport from ever
+        # shutting down: it waits for the producer to finish.
+        if self._producer_registered:
+            self._producer_registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _abort(self) -> None:
+        self._close_deadline = None
+        self.log.info("aborting {peer}: not closed within {grace} s", peer=_peer(self), grace=CLOSE_GRACE)
+        if self.output is not None:
+            self.output.stop()
+        self.transport.abortConnection()
+
+    @staticmethod
+    def _cancel(call: Any) -> None:
+        if call is not None and call.active():
+            call.cancel()
 
     def _send_login_history(self) -> Any:
         hub = self.factory.hub
@@ -492,6 +631,7 @@ class ChatProtocol(LineReceiver):
             )
             self.factory.hub.metrics.sendq_drops.inc()
             self.closing = True
+            self._events.clear()
             if self.output is not None:
                 self.output.stop()
             self.transport.abortConnection()
@@ -520,8 +660,7 @@ class ChatProtocol(LineReceiver):
             self._login_timer = self.factory.clock.callLater(timeout, self._login_timed_out)
 
     def _cancel_login_timer(self) -> None:
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
+        self._cancel(self._login_timer)
         self._login_timer = None
 
     def shut_down(self) -> None:
@@ -544,8 +683,7 @@ class ChatProtocol(LineReceiver):
             self._idle_timer = self.factory.clock.callLater(timeout, self._idle_timed_out)
 
     def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
+        self._cancel(self._idle_timer)
         self._idle_timer = None
 
     def _idle_timed_out(self) -> None:
@@ -558,8 +696,7 @@ class ChatProtocol(LineReceiver):
     def _login_timed_out(self) -> None:
         self._login_timer = None
         self.log.info("closing {peer}: not logged in within the login timeout", peer=_peer(self))
-        self.closing = True
-        self.transport.loseConnection()
+        self.close_after_output()
 
 
 _TYPE_NAMES = {str: "a string", dict: "an object", type(None): "null"}
@@ -573,6 +710,34 @@ def _then(result: Any, action: Any) -> Any:
     if isinstance(result, Deferred):
         return result.addCallback(action)
     return action(result)
+
+
+def request_cost(event: Decoded, factory: ChatFactory) -> float:
+    """What handling ``event`` costs from the connection's request budget.
+
+    One unit per request, whatever it is (errors included: no request is
+    free), plus a share for each history row it may send back and for each
+    connection it may write to (``names`` lists them, ``login`` and
+    ``logout`` announce to them), so the budget follows the work a request
+    causes.
+    """
+    request = event.request
+    if request is None:
+        return 1.0
+    kind = request.get("request")
+    if kind == "history":
+        content = request.get("content")
+        limit = content.get("limit") if isinstance(content, dict) else None
+        rows = limit if isinstance(limit, int) and not isinstance(limit, bool) else DEFAULT_PAGE
+        return 1.0 + max(1, min(MAX_PAGE, rows)) * COST_PER_ROW
+    if kind == "login":
+        # Its history, and the presence notice every other user gets.
+        on_login = factory.config.history_on_login
+        rows = min(MAX_PAGE if on_login is None else on_login, MAX_PAGE)
+        return 1.0 + rows * COST_PER_ROW + factory.connections * COST_PER_NAME
+    if kind in ("names", "logout"):
+        return 1.0 + factory.connections * COST_PER_NAME
+    return 1.0
 
 
 def _is_msg(event: Decoded) -> bool:
@@ -590,8 +755,8 @@ def _id_field(query: dict[str, Any], key: str) -> int | None:
     value = query.get(key)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ChatError(messages.BAD_REQUEST, f"Bad request: '{key}' must be a whole number, 0 or more.")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise ChatError(messages.BAD_REQUEST, f"Bad request: '{key}' must be a whole number from 0 to 2**63-1.")
     return value
 
 

@@ -18,6 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chatd import messages
+from chatd.caps import ConnectionCaps, host_of
 from chatd.history import HistoryError, Retention
 from chatd.hub import Hub
 from chatd.protocol import ChatProtocol
@@ -35,6 +36,8 @@ class ServerConfig:
     idle_timeout: float = 0.0  # seconds a logged-in user may send nothing; 0: off
     msg_rate: float = 10.0  # messages per second per connection; 0: no limit
     msg_burst: float = 20.0  # messages a connection may send at once
+    request_rate: float = 20.0  # request budget units per second per connection; 0: no limit
+    request_burst: float = 100.0  # request budget units a connection may spend at once
     max_sendq: int = 1024 * 1024  # bytes of unsent output before a connection is dropped
     max_per_ip: int = 20  # connections from one address; 0: no limit
     max_connections: int = 10000  # connections in all; 0: no limit
@@ -64,7 +67,10 @@ class ChatFactory(ServerFactory):
         self.config = config
         self.clock = clock
         self.protocols: set[ChatProtocol] = set()  # open chat connections
-        self.per_ip: dict[str, int] = {}
+        # One caps object for every listener (TCP, TLS, and the web port's
+        # HTTP connections: see chatd.web), so no way in escapes the caps.
+        self.caps = ConnectionCaps(config.max_per_ip, config.max_connections)
+        self._holding_slot: set[ChatProtocol] = set()  # chat connections that took a cap slot
         self.shutting_down = False
         self._until_empty: list[Deferred[None]] = []
         hub.metrics.watch(self._live_counts)
@@ -73,29 +79,47 @@ class ChatFactory(ServerFactory):
         by_transport: dict[str, int] = {}
         for protocol in self.protocols:
             by_transport[protocol.transport_kind] = by_transport.get(protocol.transport_kind, 0) + 1
-        return by_transport, len(self.hub.names())
+        return by_transport, self.local_users
+
+    @property
+    def local_users(self) -> int:
+        """Users logged in on this node's connections.
+
+        Counted locally and synchronously: a clustered hub's ``names()``
+        is a Deferred (a Redis round trip), which a scrape or /health
+        cannot wait for.
+        """
+        return sum(1 for protocol in self.protocols if protocol.name is not None)
 
     @property
     def connections(self) -> int:
         """Open chat connections (busy refusals not counted)."""
         return len(self.protocols)
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:
-        host = str(getattr(addr, "host", "local"))
-        config = self.config
+    @property
+    def per_ip(self) -> dict[str, int]:
+        """Open connections per remote host, all listeners together (the shared caps')."""
+        return self.caps.per_ip
+
+    def buildProtocol(self, addr: Any, holds_slot: bool = False) -> Protocol | None:
+        """A chat connection for ``addr``, or a busy answer over a cap.
+
+        ``holds_slot``: the connection already counts against the caps (a
+        WebSocket: its HTTP connection took the slot), so it takes none.
+        """
+        host = host_of(addr)
         if self.shutting_down:
             return BusyProtocol(self.clock, "The server is shutting down.")
-        if config.max_connections and self.connections >= config.max_connections:
-            self.log.warn("refusing {host}: {count} connections open", host=host, count=self.connections)
-            return BusyProtocol(self.clock, "The server is full. Try again later.")
-        if config.max_per_ip and self.per_ip.get(host, 0) >= config.max_per_ip:
-            self.log.warn("refusing {host}: too many connections from it", host=host)
-            return BusyProtocol(self.clock, "Too many connections from your address.")
+        if not holds_slot:
+            refusal = self.caps.acquire(host)
+            if refusal is not None:
+                return BusyProtocol(self.clock, refusal)
         protocol = super().buildProtocol(addr)
         assert protocol is not None
         protocol.peer_host = host
         self.protocols.add(protocol)
-        self.per_ip[host] = self.per_ip.get(host, 0) + 1
+        if not holds_slot:
+            self._holding_slot.add(protocol)
         return protocol
 
     def connection_closed(self, protocol: ChatProtocol) -> None:
@@ -104,15 +128,12 @@ class ChatFactory(ServerFactory):
         if host is None:
             return  # not counted, or already uncounted
         self.protocols.discard(protocol)
+        if protocol in self._holding_slot:
+            self._holding_slot.discard(protocol)
+            self.caps.release(host)
         for waiter in self._until_empty if not self.protocols else ():
             if not waiter.called:
                 waiter.callback(None)
-        left = self.per_ip.get(host, 1) - 1
-        if left > 0:
-            self.per_ip[host] = left
-        else:
-            self.per_ip.pop(host, None)
-
 
     def shut_down(self, grace: float) -> Deferred[None]:
         """Tell every user the server is going, close every connection.

@@ -144,6 +144,15 @@ class Options(usage.Options):
         ],
         ["msg-rate", None, 10.0, "Messages per second one connection may send (0: no limit).", _non_negative("msg-rate", "messages per second")],
         ["msg-burst", None, 20, "Messages one connection may send at once before the rate applies.", _positive_int("msg-burst")],
+        [
+            "request-rate",
+            None,
+            20.0,
+            "Request budget: units per second one connection may spend; a request costs 1, plus a share per"
+            " history row or name it returns (0: no limit).",
+            _non_negative("request-rate", "units per second"),
+        ],
+        ["request-burst", None, 100, "Request budget units one connection may spend at once.", _positive_int("request-burst")],
         ["max-sendq", None, 1048576, "Bytes of unsent output after which a slow reader is disconnected (0: no limit).", _non_negative_int("max-sendq")],
         ["max-per-ip", None, 20, "Connections from one address (0: no limit; loopback is not exempt).", _non_negative_int("max-per-ip")],
         ["max-connections", None, 10000, "Connections in all (0: no limit).", _non_negative_int("max-connections")],
@@ -195,6 +204,8 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             msg_rate=self["msg-rate"],
             msg_burst=self["msg-burst"],
+            request_rate=self["request-rate"],
+            request_burst=self["request-burst"],
             max_sendq=self["max-sendq"],
             max_per_ip=self["max-per-ip"],
             max_connections=self["max-connections"],
@@ -277,11 +288,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             raise SystemExit(f"chatd: cannot listen on {endpoint!r}: {problem}") from None
         listener.setServiceParent(top)
     if options["web"]:
-        from chatd.web import make_site
+        from chatd.web import listen_address, make_web
 
         web = options["web"]
+        endpoint = port_to_endpoint(web)
+        # Where it listens decides which page origins may open /ws.
+        port, interface = listen_address(endpoint)
         try:
-            strports.service(port_to_endpoint(web), make_site(factory, options["web-origin"]), reactor=reactor).setServiceParent(top)
+            site = make_web(factory, options["web-origin"], port=port, interface=interface)
+            strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
         except Exception as problem:
             raise SystemExit(f"chatd: cannot serve the web on {web!r}: {problem}") from None
     return top

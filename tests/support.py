@@ -45,11 +45,13 @@ class RecordingTransport(StringTransport):
 def make_factory(clock: Clock | None = None, max_message: int = 2000, **config: Any) -> ChatFactory:
     """A factory with its own hub, memory history and clock.
 
-    The message rate limit and the per-address cap are off unless asked
-    for: most tests post many messages from many connections at once;
-    tests/test_limits.py tests those limits with their defaults.
+    The message rate limit, the request budget and the per-address cap
+    are off unless asked for: most tests post many messages from many
+    connections at once; tests/test_limits.py tests those limits with
+    their defaults.
     """
     config.setdefault("msg_rate", 0.0)
+    config.setdefault("request_rate", 0.0)
     config.setdefault("max_per_ip", 0)
     clock = clock if clock is not None else Clock()
     clock.advance(1_764_000_000)  # a realistic epoch (2025-11-24)

@@ -225,7 +225,7 @@ class DurabilityEndToEndTests(SynchronousTestCase):
         os.makedirs(self.workdir)
 
     def start(self) -> ServerProcess:
-        server = ServerProcess(self.workdir, "--msg-rate", "0").start()
+        server = ServerProcess(self.workdir, "--msg-rate", "0", "--request-rate", "0").start()
         self.addCleanup(server.kill)
         return server
 
@@ -307,7 +307,7 @@ class AbuseEndToEndTests(SynchronousTestCase):
     def test_reader_that_never_reads_is_dropped(self) -> None:
         import socket
 
-        server = self.start("--msg-rate", "0", "--max-sendq", "65536")
+        server = self.start("--msg-rate", "0", "--request-rate", "0", "--max-sendq", "65536")
         sleeper = socket.socket()
         self.addCleanup(sleeper.close)
         sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -464,7 +464,7 @@ class DeploymentEndToEndTests(SynchronousTestCase):
     def test_sigterm_with_a_reader_that_never_reads(self) -> None:
         import socket
 
-        server = self.start("--msg-rate", "0")
+        server = self.start("--msg-rate", "0", "--request-rate", "0")
         sleeper = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
         self.addCleanup(sleeper.close)
         sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -140,6 +140,7 @@ class ChatProtocol(LineReceiver):
         self.budget = RequestBudget(clock, config.request_rate, config.request_burst)
         self.sendq = SendQueueMeter(getattr(self.transport, "bufferSize", DEFAULT_BUFFER_SIZE), self._output_drained)
         self._transport_write = writer_for(self.transport)
+        _send_small_writes_at_once(self.transport)
         self.transport.registerProducer(self.sendq, True)
         self._producer_registered = True
         if config.framing != "auto":
@@ -710,6 +711,19 @@ def _then(result: Any, action: Any) -> Any:
     if isinstance(result, Deferred):
         return result.addCallback(action)
     return action(result)
+
+
+def _send_small_writes_at_once(transport: Any) -> None:
+    """Turn Nagle's algorithm off where there is a TCP socket (TLS over
+    TCP too): after a burst of output, a small reply would otherwise wait
+    for the client's delayed ACK, some 40 ms."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return
+    try:
+        set_no_delay(True)
+    except (OSError, AttributeError, NotImplementedError):
+        pass  # not a TCP socket after all (a UNIX socket, a test transport)
 
 
 def request_cost(event: Decoded, factory: ChatFactory) -> float:

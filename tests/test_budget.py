@@ -371,3 +371,23 @@ class BackwardClockTests(SynchronousTestCase):
         self.assertFalse(client.closed)
 
 
+
+
+class NoDelayTransport(RecordingTransport):
+    """A transport with a TCP socket's Nagle switch."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+class NoDelayTests(SynchronousTestCase):
+    def test_nagle_off_where_there_is_tcp(self) -> None:
+        factory = make_factory()
+        transport = NoDelayTransport(12345)
+        protocol = factory.buildProtocol(transport.getPeer())
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.no_delay)
+        FakeClient(factory).login("bob")  # and no harm where there is none

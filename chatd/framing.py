@@ -60,11 +60,14 @@ _VALUE_START = _PARSE_START | _NUMBER_START
 # ``}`` after it (whitespace allowed: too little to be ``too_long``),
 # then up to the newline (consumed) or ``{`` that ends the skip.  Once a
 # read has had its ``bad_json`` they need no event: skipped in one match.
+# Possessive (``++``, ``*+``): each run is final once matched, so the
+# engine keeps no backtracking state per run; a plain ``+`` over 64 KB of
+# ``{`` held some 25 MB of it for the length of the match.
 _GARBAGE_RUN = re.compile(
-    r"""(?:[ \t\r\n]*
+    r"""(?:[ \t\r\n]*+
            (?:[^ \t\r\n{\["tfn0-9-] | \{[ \t\r\n]{0,62}(?=[^ \t\r\n"}]))
-           [^\n{]*(?:\n|(?=\{))
-        )+""",
+           [^\n{]*+(?:\n|(?=\{))
+        )++""",
     re.VERBOSE,
 )
 #: The longest value :data:`_GARBAGE_RUN` skips, in bytes.

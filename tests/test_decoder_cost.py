@@ -236,3 +236,23 @@ class DecoderCostTests(SynchronousTestCase):
 
     def test_requests_after_garbage_in_many_reads(self) -> None:
         self.assertLinear(lambda n: [b"{x" * 50 + LOGIN + b"\n"] * n, 100)
+
+
+class DecoderMemoryTests(SynchronousTestCase):
+    """Memory, like time, stays proportional to the read: a regular
+    expression that backtracks per repetition held ~400 bytes per byte of
+    ``{`` garbage (25 MB for one 64 KB read)."""
+
+    def test_garbage_read_allocates_little(self) -> None:
+        import tracemalloc
+
+        for garbage in (b"{" * 65536, b"x\n" * 32768, b"xx{" * 21845, b"{ \n" * 21845):
+            decoder = StreamDecoder(16384)
+            decoder.feed(b"{x\n")  # the read's first bad_json: later runs are skipped in one match
+            tracemalloc.start()
+            try:
+                decoder.feed(garbage)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            self.assertLess(peak, 16 * len(garbage), garbage[:6])

@@ -71,6 +71,9 @@ CLOSE_GRACE = 10.0
 #: unit, plus this much per history row or listed name it may return.
 COST_PER_ROW = 1 / 25
 COST_PER_NAME = 1 / 100
+#: Input costs too, whatever it decodes to: one unit per 4 KiB received
+#: (garbage yields one ``bad_json`` per read, but decoding it is work).
+COST_PER_BYTE = 1 / 4096
 
 #: The largest message id (SQLite's INTEGER is 64-bit signed).
 MAX_ID = 2**63 - 1
@@ -171,6 +174,7 @@ class ChatProtocol(LineReceiver):
             return
         if self._idle_timer is not None:
             self._idle_timer.reset(self.factory.config.idle_timeout)
+        self.budget.charge(len(data) * COST_PER_BYTE)
         events = self.decoder.feed(data)
         if events and self.output is None:
             self._use_framing(LINES if events[0].newline_follows else CLASSIC)
@@ -210,10 +214,16 @@ class ChatProtocol(LineReceiver):
             self._handle_event(event)
         if not self._events:
             self._queued_cost = 0.0  # no float drift across a long session
+            wait = self.budget.wait()
+            if wait > 0 and not self.closing:
+                self._process_later(wait)  # in debt for input alone: read again then
         self._update_reading()
 
     def _may_handle(self) -> bool:
         return not self.closing and self._held is None and not self._answering and not self.sendq.backlogged
+
+    def _resume_call_pending(self) -> bool:
+        return self._resume_call is not None and self._resume_call.active()
 
     def _process_later(self, delay: float) -> None:
         if self._resume_call is None or not self._resume_call.active():
@@ -228,7 +238,7 @@ class ChatProtocol(LineReceiver):
         reactor or filling memory.  A closing connection reads again: its
         peer's close must be seen.
         """
-        pause = not self.closing and (bool(self._events) or self.sendq.backlogged)
+        pause = not self.closing and (bool(self._events) or self.sendq.backlogged or self._resume_call_pending())
         if pause == self._reading_paused or self.transport is None:
             return
         self._reading_paused = pause

@@ -150,6 +150,24 @@ class FakelagTests(ProtocolTestCase):
         other.send("ping", "still here")
         self.assertEqual(other.one()["content"], "still here")
 
+    def test_garbage_costs_by_its_bytes(self) -> None:
+        flooder = self.client("flooder")
+        for reads in range(1, 100):
+            flooder.send_raw(b"x" * 60_000)  # one bad_json per read at most
+            if flooder.closed:
+                break
+        self.assertLess(reads, 30)
+        self.assertIn("Flooding", flooder.received()[-1]["content"])
+
+    def test_input_debt_pauses_reading(self) -> None:
+        client = self.client("bob")
+        client.send_raw(b" " * 500_000)  # whitespace: no request, 122 units
+        self.assertEqual(client.protocol.transport.producerState, "paused")
+        self.clock.advance(2)
+        self.assertEqual(client.protocol.transport.producerState, "producing")
+        client.send("ping", 1)
+        self.assertEqual(client.one()["content"], 1)
+
     def test_msg_keeps_its_own_rate_limit_answer(self) -> None:
         self.factory = make_factory(msg_rate=10.0, msg_burst=20.0, **BUDGET)
         client = self.client("bob")

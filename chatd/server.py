@@ -1,6 +1,6 @@
 """The server factory and its settings.
 
-:class:`ChatFactory` builds one :class:`~chatd.protocol.ChatProtocol` per
+:class:`ChatFactory` builds one :class:`~chatd.frontends.json.protocol.ChatProtocol` per
 connection and hands each the shared hub, the settings and the clock.
 Several listeners (plain TCP, TLS, ...) may share one factory, and so
 one hub.
@@ -19,9 +19,9 @@ from twisted.logger import Logger
 
 from chatd import messages
 from chatd.caps import ConnectionCaps, host_of
-from chatd.history import HistoryError, Retention
-from chatd.hub import Hub
-from chatd.protocol import ChatProtocol
+from chatd.stores.history import HistoryError, Retention
+from chatd.core.hub import Hub
+from chatd.frontends.json.protocol import ChatProtocol
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ChatFactory(ServerFactory):
         self.clock = clock
         self.protocols: set[ChatProtocol] = set()  # open chat connections
         # One caps object for every listener (TCP, TLS, and the web port's
-        # HTTP connections: see chatd.web), so no way in escapes the caps.
+        # HTTP connections: see chatd.frontends.site), so no way in escapes the caps.
         self.caps = ConnectionCaps(config.max_per_ip, config.max_connections)
         self._holding_slot: set[ChatProtocol] = set()  # chat connections that took a cap slot
         self.shutting_down = False

@@ -16,8 +16,8 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from chatd.logs import json_observer
-from chatd.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
-from chatd.hub import Hub
+from chatd.stores.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
+from chatd.core.hub import Hub
 from chatd.server import ChatFactory, HistoryService, ServerConfig, ShutdownService
 
 DEFAULT_PORT = 9998
@@ -69,7 +69,7 @@ def _framing(value: str) -> str:
 
 
 def _cluster_url(value: str) -> str:
-    from chatd.cluster import parse_url
+    from chatd.cluster.hub import parse_url
 
     try:
         parse_url(value)
@@ -265,7 +265,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = global_reactor
     if options["cluster"]:
-        from chatd.cluster import ClusterHub, ClusterService
+        from chatd.cluster.hub import ClusterHub, ClusterService
 
         hub: Hub = ClusterHub(reactor, options["cluster"], max_message=options["max-message"])
     else:
@@ -288,7 +288,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             raise SystemExit(f"chatd: cannot listen on {endpoint!r}: {problem}") from None
         listener.setServiceParent(top)
     if options["web"]:
-        from chatd.web import listen_address, make_web
+        from chatd.frontends.site import listen_address, make_web
 
         web = options["web"]
         endpoint = port_to_endpoint(web)

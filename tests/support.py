@@ -9,8 +9,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from chatd.history import MemoryHistory
-from chatd.hub import Hub
+from chatd.stores.history import MemoryHistory
+from chatd.core.hub import Hub
 from chatd.server import ChatFactory, ServerConfig
 
 _decoder = json.JSONDecoder()

@@ -10,10 +10,10 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.framing import Decoded
-from chatd.history import HistoryError, MemoryHistory, StoredMessage
-from chatd.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
-from chatd.protocol import CLOSE_GRACE, MAX_REQUESTS_PER_TURN, request_cost
+from chatd.frontends.json.framing import Decoded
+from chatd.stores.history import HistoryError, MemoryHistory, StoredMessage
+from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
+from chatd.frontends.json.protocol import CLOSE_GRACE, MAX_REQUESTS_PER_TURN, request_cost
 
 from tests.support import FakeClient, RecordingTransport, make_factory
 from tests.test_protocol import ProtocolTestCase

@@ -13,10 +13,10 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd import client as chatd_client
+from chatd.client import client as chatd_client
 from chatd import messages
-from chatd.client import DRAIN_MAX, RESUME_REF, ChatClientProtocol, ChatSession, Printer, UserInput
-from chatd.protocol import ChatProtocol
+from chatd.client.client import DRAIN_MAX, RESUME_REF, ChatClientProtocol, ChatSession, Printer, UserInput
+from chatd.frontends.json.protocol import ChatProtocol
 from chatd.server import ChatFactory
 
 from tests.support import FakeClient, make_factory
@@ -164,7 +164,7 @@ class ClientConversationTests(SynchronousTestCase):
     def test_colour_only_when_asked(self) -> None:
         out = io.StringIO()
         printer = Printer(out, colour=True)
-        from chatd.parser import Line
+        from chatd.client.parser import Line
 
         printer.show(Line("error", "x"))
         self.assertEqual(out.getvalue(), "\x1b[31m! x\x1b[0m\n")

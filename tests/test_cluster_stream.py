@@ -16,8 +16,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.cluster import PUBLISH, REPAIR, ClusterHub
-from chatd.history import HistoryError, StoredMessage
+from chatd.cluster.hub import PUBLISH, REPAIR, ClusterHub
+from chatd.stores.history import HistoryError, StoredMessage
 from tests.e2e import LinesClient
 from tests.test_cluster import RedisTestCase, login_at
 

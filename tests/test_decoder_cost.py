@@ -20,8 +20,8 @@ from typing import Any, Callable, SupportsIndex
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd import framing
-from chatd.framing import StreamDecoder
+from chatd.frontends.json import framing
+from chatd.frontends.json.framing import StreamDecoder
 
 LOGIN = b'{"request": "login", "content": "bob"}'
 

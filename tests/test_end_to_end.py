@@ -141,7 +141,7 @@ def client_command() -> list[str]:
     import sys
 
     script = os.path.join(os.path.dirname(sys.executable), "chatd-client")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "chatd.client"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "chatd.client.client"]
 
 
 class ClientEndToEndTests(SynchronousTestCase):

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd import framing
-from chatd.framing import MAX_DEPTH, ClassicOutput, Decoded, LinesOutput, StreamDecoder
+from chatd.frontends.json import framing
+from chatd.frontends.json.framing import MAX_DEPTH, ClassicOutput, Decoded, LinesOutput, StreamDecoder
 
 LOGIN = b'{"request": "login", "content": "bob"}'
 LOGIN_OBJ = {"request": "login", "content": "bob"}

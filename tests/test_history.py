@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd import history
-from chatd.history import (
+from chatd.stores import history
+from chatd.stores.history import (
     MAX_PAGE,
     HistoryBusy,
     HistoryError,

@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.history import HistoryError, MemoryHistory, SQLiteHistory, StoredMessage
-from chatd.hub import RETRY_FIRST, RETRY_FOR, RETRY_MAX, Hub
+from chatd.stores.history import HistoryError, MemoryHistory, SQLiteHistory, StoredMessage
+from chatd.core.hub import RETRY_FIRST, RETRY_FOR, RETRY_MAX, Hub
 from chatd.messages import ChatError
 
 from tests.support import FakeClient, make_factory

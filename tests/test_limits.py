@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.limits import FloodMeter, SendQueueMeter, TokenBucket
+from chatd.core.limits import FloodMeter, SendQueueMeter, TokenBucket
 
 from tests.support import FakeClient, decode_stream, make_factory
 from tests.test_protocol import ProtocolTestCase

@@ -8,7 +8,7 @@ import unicodedata
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.parser import ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, local_time, parse_input, safe
+from chatd.client.parser import ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, local_time, parse_input, safe
 
 
 def message(sender: str = "bob", content: str = "hi", id: int = 1, timestamp: str = "2026-11-25T19:34:22.123Z") -> dict[str, object]:

@@ -10,7 +10,7 @@ from twisted.test import iosim
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.protocol import CLASSIC_READ_SIZE
+from chatd.frontends.json.protocol import CLASSIC_READ_SIZE
 
 from tests.support import FakeClient, decode_stream, make_factory
 

@@ -40,7 +40,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.history import SQLiteHistory
+from chatd.stores.history import SQLiteHistory
 from chatd.messages import HELP_TEXT
 from tests.support import FakeClient, make_factory
 

@@ -180,7 +180,7 @@ class HistoryOptionTests(SynchronousTestCase):
     def test_sqlite_is_the_default(self) -> None:
         import os
 
-        from chatd.history import SQLiteHistory
+        from chatd.stores.history import SQLiteHistory
 
         directory = self.data_dir()
         factory, _ = self.start("--data-dir", directory)
@@ -191,7 +191,7 @@ class HistoryOptionTests(SynchronousTestCase):
         self.assertEqual(parse()["data-dir"], ".")
 
     def test_memory(self) -> None:
-        from chatd.history import MemoryHistory
+        from chatd.stores.history import MemoryHistory
 
         factory, _ = self.start("--history", "memory")
         self.assertIsInstance(factory.hub.history, MemoryHistory)

@@ -13,8 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from chatd.history import HistoryError
-from chatd.web import (
+from chatd.stores.history import HistoryError
+from chatd.frontends.site import (
     HealthResource,
     MetricsResource,
     OriginCheckedWebSocketResource,

@@ -22,7 +22,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.web import MAX_BODY, REQUEST_DEADLINE, make_web
+from chatd.frontends.site import MAX_BODY, REQUEST_DEADLINE, make_web
 
 from tests.support import FakeClient, make_factory
 

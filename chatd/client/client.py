@@ -5,13 +5,13 @@ split by :class:`LineSplitter`, in linear time and bounded) talks to the
 server, :class:`UserInput` reads what the
 user types through ``twisted.internet.stdio``, and :class:`ChatSession`
 ties them together: it sends requests, prints responses through the
-:class:`~chatd.parser.MessageParser`, reconnects with backoff after a
+:class:`~chatd.client.parser.MessageParser`, reconnects with backoff after a
 lost connection and logs in again under the same name, skipping messages
 it has already shown.  Whatever a server sends, the client never raises:
 malformed responses are shown as error lines, and resuming after a
 reconnect is bounded.
 
-Run as ``chatd-client`` or ``python -m chatd.client``.
+Run as ``chatd-client`` or ``python -m chatd.client.client``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from chatd import __version__
-from chatd.parser import COMMANDS, ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, parse_input
+from chatd.client.parser import COMMANDS, ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, parse_input
 
 #: Seconds to wait for replies after standard input ends (v1 servers;
 #: with v2 a ping tells exactly when every reply is in).
@@ -87,7 +87,7 @@ class Printer:
 
     def raw(self, data: bytes) -> None:
         """Print a response as received (``--raw``), made terminal-safe."""
-        from chatd.parser import safe
+        from chatd.client.parser import safe
 
         self._write(safe(data.decode("utf-8", "replace")))
 

@@ -54,8 +54,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chatd import messages
-from chatd.history import MAX_PAGE, HistoryError, StoredMessage
-from chatd.hub import LOBBY, Hub, Member, clean_text
+from chatd.stores.history import MAX_PAGE, HistoryError, StoredMessage
+from chatd.core.hub import LOBBY, Hub, Member, clean_text
 from chatd.messages import ChatError
 
 #: A name's key lives this long without a heartbeat (ms).

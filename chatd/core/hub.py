@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from chatd import messages
 from twisted.logger import Logger
 
-from chatd.history import HistoryBusy, HistoryError, HistoryStore, StoredMessage
+from chatd.stores.history import HistoryBusy, HistoryError, HistoryStore, StoredMessage
 from chatd.messages import ChatError
 from chatd.metrics import Metrics
 

@@ -4,7 +4,7 @@
 
 - ``/ws``: the chat over WebSocket, one JSON object per text frame, on the
   same hub as TCP (v1 semantics until ``hello``, v2 after).  Each
-  WebSocket connection is a :class:`~chatd.protocol.ChatProtocol` behind a
+  WebSocket connection is a :class:`~chatd.frontends.json.protocol.ChatProtocol` behind a
   small transport adapter, so every rule and limit is the same as on TCP.
   The Origin is checked before the upgrade (see :class:`OriginPolicy`);
 - ``/``: the browser client (its few static files, by name, no build step,
@@ -51,13 +51,13 @@ from wsproto.handshake import H11Handshake
 
 from chatd import messages
 from chatd.caps import CappedFactory
-from chatd.framing import LINES
-from chatd.hub import LOBBY
+from chatd.frontends.json.framing import LINES
+from chatd.core.hub import LOBBY
 from chatd.metrics import content_type
-from chatd.protocol import ChatProtocol
+from chatd.frontends.json.protocol import ChatProtocol
 from chatd.server import ChatFactory
 
-STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
 
 #: Bytes a partly received WebSocket message may take beyond the request
 #: limit before we hang up (frame headers, and one read of the next).

@@ -1,6 +1,6 @@
 """One :class:`ChatProtocol` per connection: requests in, responses out.
 
-Bytes go through the :class:`~chatd.framing.StreamDecoder`; each request
+Bytes go through the :class:`~chatd.frontends.json.framing.StreamDecoder`; each request
 is dispatched to a ``request_<type>`` method, which calls the hub.  The
 protocol knows nothing about other connections: the hub calls
 :meth:`ChatProtocol.deliver` for fan-out.
@@ -18,11 +18,11 @@ from twisted.python.failure import Failure
 from twisted.protocols.basic import LineReceiver
 
 from chatd import __version__, messages
-from chatd.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
-from chatd.history import MAX_PAGE, HistoryError, StoredMessage
-from chatd.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
+from chatd.frontends.json.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
+from chatd.stores.history import MAX_PAGE, HistoryError, StoredMessage
+from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
 from chatd.writethrough import writer_for
-from chatd.hub import LOBBY
+from chatd.core.hub import LOBBY
 from chatd.messages import ChatError
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""The terminal client, ``chatd-client`` (``python -m chatd.client``)."""

@@ -1,0 +1,1 @@
+"""Several chatd nodes as one chat, through Redis (``--cluster``)."""

@@ -269,7 +269,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         hub: Hub = ClusterHub(reactor, options["cluster"], max_message=options["max-message"])
     else:
-        hub = Hub(reactor, open_history(options), max_message=options["max-message"])
+        hub = Hub.local(reactor, open_history(options), max_message=options["max-message"])
     factory = ChatFactory(hub, options.config(), reactor)
     observer = None
     if options["log-format"] == "json":

@@ -55,7 +55,7 @@ def make_factory(clock: Clock | None = None, max_message: int = 2000, **config: 
     config.setdefault("max_per_ip", 0)
     clock = clock if clock is not None else Clock()
     clock.advance(1_764_000_000)  # a realistic epoch (2025-11-24)
-    hub = Hub(clock, MemoryHistory(), max_message=max_message)
+    hub = Hub.local(clock, MemoryHistory(), max_message=max_message)
     return ChatFactory(hub, ServerConfig(**config), clock)
 
 
@@ -130,3 +130,37 @@ class FakeClient:
         from twisted.internet.error import ConnectionDone
 
         self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def fired(deferred: Any) -> Any:
+    """The result of a Deferred that has already fired (a single node's
+    core answers at once); raises its failure, or if it has not fired."""
+    from twisted.python.failure import Failure
+
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def stored(hub: Any) -> list[Any]:
+    """Every stored message of the default room, oldest first."""
+    from chatd.core.hub import DEFAULT_ROOM
+
+    return list(fired(hub.recent(DEFAULT_ROOM, None)))
+
+
+def names_of(hub: Any) -> list[str]:
+    """The names in the default room, in login order."""
+    return list(fired(hub.names()))
+
+
+def rebuild_hub(hub: Hub, store: Any) -> None:
+    """Rebuild a single node's ``hub`` on ``store`` (a HistoryStore)."""
+    from chatd.core.local import LocalBus, LocalHistory
+
+    hub.history = LocalHistory(store)
+    hub.bus = LocalBus(hub.clock, store, hub.metrics)
+    hub.bus.subscribe(hub)

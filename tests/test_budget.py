@@ -15,7 +15,7 @@ from chatd.stores.history import HistoryError, MemoryHistory, StoredMessage
 from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
 from chatd.frontends.json.protocol import CLOSE_GRACE, MAX_REQUESTS_PER_TURN, request_cost
 
-from tests.support import FakeClient, RecordingTransport, make_factory
+from tests.support import FakeClient, RecordingTransport, make_factory, names_of, stored, rebuild_hub
 from tests.test_protocol import ProtocolTestCase
 
 BUDGET = {"request_rate": 20.0, "request_burst": 100.0}
@@ -309,7 +309,7 @@ class ClosePathTests(ProtocolTestCase):
         client.protocol.dataReceived(b"{}\n" * 20_000)  # a flood while backlogged
         self.assertClosedWithinGrace(client)
         client.disconnect()
-        self.assertEqual((self.factory.hub.names(), self.factory.connections), ([], 0))
+        self.assertEqual((names_of(self.factory.hub), self.factory.connections), ([], 0))
 
     def test_no_abort_after_a_clean_close(self) -> None:
         client = self.client()
@@ -330,7 +330,7 @@ class FailingHistory(MemoryHistory):
 class HistoryReadErrorTests(ProtocolTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.factory.hub.history = FailingHistory()
+        rebuild_hub(self.factory.hub, FailingHistory())
 
     def test_login_history(self) -> None:
         client = self.client()

@@ -19,7 +19,7 @@ from chatd.client.client import DRAIN_MAX, RESUME_REF, ChatClientProtocol, ChatS
 from chatd.frontends.json.protocol import ChatProtocol
 from chatd.server import ChatFactory
 
-from tests.support import FakeClient, make_factory
+from tests.support import FakeClient, make_factory, names_of, stored
 
 
 class Harness:
@@ -140,7 +140,7 @@ class ClientConversationTests(SynchronousTestCase):
         self.clock.advance(0)
         client.pump()
         self.assertEqual(client.status, [0])
-        self.assertEqual(self.factory.hub.names(), [])
+        self.assertEqual(names_of(self.factory.hub), [])
 
     def test_other_users_escape_sequences_are_neutralised(self) -> None:
         viewer = Harness(self.factory, name="viewer")
@@ -353,11 +353,11 @@ class ClientConnectionTests(SynchronousTestCase):
         alice.pump()
         alice.drop()
         self.assertEqual(alice.status, [])
-        self.assertEqual(self.factory.hub.names(), ["bob"])
+        self.assertEqual(names_of(self.factory.hub), ["bob"])
         bob.send("msg", "two while away")
         self.clock.advance(1.0)
         alice.pump()
-        self.assertEqual(self.factory.hub.names(), ["bob", "alice"])
+        self.assertEqual(names_of(self.factory.hub), ["bob", "alice"])
         bob.send("msg", "three")
         alice.pump()
         messages = [line.split("] ", 1)[1] for line in alice.lines() if line.startswith("[")]
@@ -387,7 +387,7 @@ class ClientConnectionTests(SynchronousTestCase):
         alice.refuse = False
         self.clock.advance(4.0)
         alice.pump()
-        self.assertEqual(self.factory.hub.names(), ["alice"])
+        self.assertEqual(names_of(self.factory.hub), ["alice"])
         self.assertIn("- reconnected to the server", alice.lines())
 
     def test_server_close_after_input_end_exits_zero(self) -> None:

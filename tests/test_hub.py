@@ -1,4 +1,4 @@
-"""The hub: registry, batching, store-before-send."""
+"""The hub on a single node's parts: registry, batching, store-before-send."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.stores.history import HistoryError, MemoryHistory, SQLiteHistory, StoredMessage
-from chatd.core.hub import RETRY_FIRST, RETRY_FOR, RETRY_MAX, Hub
+from chatd.core.hub import Hub
+from chatd.core.local import RETRY_FIRST, RETRY_FOR, RETRY_MAX, LocalBus
+from chatd.core.rooms import Delivery, Draft
 from chatd.messages import ChatError
 
-from tests.support import FakeClient, make_factory
+from tests.support import FakeClient, fired, make_factory, names_of, rebuild_hub
 
 
 class CountingHistory(MemoryHistory):
@@ -32,23 +34,21 @@ class CountingHistory(MemoryHistory):
 
 
 class Member:
+    """A session: records what it got, and which of its drafts failed."""
+
     def __init__(self, name: str) -> None:
         self.name: str | None = name
         self.got: list[int] = []
-        self.failed: list[int] = []
+        self.failed: list[str] = []
 
-    def deliver(self, message: StoredMessage) -> None:
-        self.got.append(message.id)
+    def deliver(self, delivery: Delivery) -> None:
+        self.got.extend(message.id for message in delivery.messages)
+        assert delivery.lines == b"".join(message.line for message in delivery.messages)
 
-    def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
-        self.got.extend(message.id for message in batch)
-        assert lines == b"".join(message.line for message in batch)
-
-    def deliver_own(self, message: StoredMessage, ref: object) -> None:
-        self.got.append(message.id)
-
-    def message_failed(self, message: StoredMessage, ref: object) -> None:
-        self.failed.append(message.id)
+    def post_to(self, hub: Hub, text: str) -> Draft:
+        draft = hub.post(self, text)
+        draft.stored.addErrback(lambda failure: self.failed.append(draft.text))
+        return draft
 
     def presence(self, user: str, status: str, room: str) -> None:
         pass
@@ -61,17 +61,17 @@ class HubTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.history = CountingHistory()
-        self.hub = Hub(self.clock, self.history)
+        self.hub = Hub.local(self.clock, self.history)
 
     def join(self, name: str) -> Member:
         member = Member(name)
-        self.hub.login(member, name)
+        self.assertEqual(fired(self.hub.login(member, name)), name)
         return member
 
     def test_one_commit_per_reactor_turn(self) -> None:
         alice, bob = self.join("alice"), self.join("bob")
         for i in range(5):
-            self.hub.post(alice if i % 2 else bob, f"m{i}")
+            (alice if i % 2 else bob).post_to(self.hub, f"m{i}")
         self.assertEqual(alice.got, [])
         self.clock.advance(0)
         self.assertEqual(self.history.commits, 1)
@@ -81,27 +81,27 @@ class HubTests(SynchronousTestCase):
     def test_failed_commit_delivers_nothing_and_tells_the_sender(self) -> None:
         alice, bob = self.join("alice"), self.join("bob")
         self.history.fail = True
-        self.hub.post(alice, "lost")
+        alice.post_to(self.hub, "lost")
         self.clock.advance(0)
         self.assertEqual((alice.got, bob.got), ([], []))
-        self.assertEqual(alice.failed, [1])
+        self.assertEqual(alice.failed, ["lost"])
         self.history.fail = False
-        self.hub.post(alice, "kept")
+        alice.post_to(self.hub, "kept")
         self.clock.advance(0)
         self.assertEqual(bob.got, [1])  # the failed id is handed out again
 
-    def test_after_flush_runs_after_delivery(self) -> None:
+    def test_stored_fires_after_delivery(self) -> None:
         alice = self.join("alice")
         order: list[str] = []
-        self.hub.after_flush(lambda: order.append("nothing pending: at once"))
-        self.hub.post(alice, "x")
-        self.hub.after_flush(lambda: order.append(f"after delivery of {alice.got}"))
+        draft = alice.post_to(self.hub, "x")
+        draft.stored.addCallback(lambda message: order.append(f"{message.id} after delivery of {alice.got}"))
+        self.assertEqual(order, [])
         self.clock.advance(0)
-        self.assertEqual(order, ["nothing pending: at once", "after delivery of [1]"])
+        self.assertEqual(order, ["1 after delivery of [1]"])
 
     def test_member_who_left_before_flush_gets_nothing(self) -> None:
         alice, bob = self.join("alice"), self.join("bob")
-        self.hub.post(alice, "x")
+        alice.post_to(self.hub, "x")
         self.hub.logout(bob)
         self.clock.advance(0)
         self.assertEqual(bob.got, [])
@@ -114,9 +114,9 @@ class HubTests(SynchronousTestCase):
 
     def test_names_and_logout(self) -> None:
         alice, bob = self.join("alice"), self.join("Bob")
-        self.assertEqual(self.hub.names(), ["alice", "Bob"])
+        self.assertEqual(names_of(self.hub), ["alice", "Bob"])
         self.hub.logout(alice)
-        self.assertEqual(self.hub.names(), ["Bob"])
+        self.assertEqual(names_of(self.hub), ["Bob"])
         self.assertTrue(self.hub.is_member(bob))
         self.assertFalse(self.hub.is_member(alice))
 
@@ -125,7 +125,7 @@ class FailedStoreProtocolTests(SynchronousTestCase):
     def test_sender_gets_an_error_with_its_ref(self) -> None:
         factory = make_factory()
         history = CountingHistory()
-        factory.hub.history = history
+        rebuild_hub(factory.hub, history)
         client = FakeClient(factory)
         client.login("bob")
         history.fail = True
@@ -150,10 +150,10 @@ class SQLiteHubTests(SynchronousTestCase):
         self.history = SQLiteHistory(self.path)
         self.addCleanup(self.history.close)
         self.clock = Clock()
-        self.hub = Hub(self.clock, self.history)
+        self.hub = Hub.local(self.clock, self.history)
         self.alice, self.bob = Member("alice"), Member("bob")
-        self.hub.login(self.alice, "alice")
-        self.hub.login(self.bob, "bob")
+        fired(self.hub.login(self.alice, "alice"))
+        fired(self.hub.login(self.bob, "bob"))
 
     def lock(self) -> sqlite3.Connection:
         locker = sqlite3.connect(self.path, isolation_level=None)
@@ -167,12 +167,12 @@ class SQLiteHubTests(SynchronousTestCase):
     def test_retried_later_then_delivered_in_order(self) -> None:
         locker = self.lock()
         done: list[list[int]] = []
-        self.hub.post(self.alice, "first")
-        self.hub.after_flush(lambda: done.append(list(self.alice.got)))
+        first = self.alice.post_to(self.hub, "first")
+        first.stored.addCallback(lambda _: done.append(list(self.alice.got)))
         self.clock.advance(0)
         self.assertEqual(self.retry_delays(), [RETRY_FIRST])  # the commit did not wait
         self.assertEqual((self.alice.got, self.alice.failed, done), ([], [], []))
-        self.hub.post(self.bob, "second")  # joins the pending batch
+        self.bob.post_to(self.hub, "second")  # joins the pending batch
         self.clock.advance(RETRY_FIRST)
         self.assertEqual(self.retry_delays(), [2 * RETRY_FIRST])
         self.assertEqual((self.bob.got, done), ([], []))
@@ -187,7 +187,7 @@ class SQLiteHubTests(SynchronousTestCase):
     def test_lock_held_too_long_fails_the_batch(self) -> None:
         locker = self.lock()
         started = self.clock.seconds()
-        self.hub.post(self.alice, "doomed")
+        self.alice.post_to(self.hub, "doomed")
         self.clock.advance(0)
         for _ in range(30):
             delays = self.retry_delays()
@@ -195,38 +195,38 @@ class SQLiteHubTests(SynchronousTestCase):
                 break
             self.assertLessEqual(delays[0], RETRY_MAX)
             self.clock.advance(delays[0])
-        self.assertEqual(self.alice.failed, [1])
+        self.assertEqual(self.alice.failed, ["doomed"])
         self.assertEqual(self.bob.got, [])
         self.assertAlmostEqual(self.clock.seconds() - started, RETRY_FOR)
         locker.execute("ROLLBACK")
-        self.hub.post(self.alice, "kept")
+        self.alice.post_to(self.hub, "kept")
         self.clock.advance(0)
         self.assertEqual(self.bob.got, [1])  # the failed id is handed out again
 
     def test_shutdown_flush_is_one_last_try(self) -> None:
         locker = self.lock()
         ran: list[str] = []
-        self.hub.post(self.alice, "x")
-        self.hub.after_flush(lambda: ran.append("after"))
+        draft = self.alice.post_to(self.hub, "x")
+        draft.stored.addBoth(lambda _: ran.append("after"))
         self.clock.advance(0)
         self.assertEqual(self.retry_delays(), [RETRY_FIRST])
         self.hub.flush()  # a pending retry does not make it wait
-        self.assertEqual((self.alice.failed, ran), ([1], ["after"]))
+        self.assertEqual((self.alice.failed, ran), (["x"], ["after"]))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         locker.execute("ROLLBACK")
-        self.hub.post(self.alice, "y")
+        self.alice.post_to(self.hub, "y")
         self.hub.flush()  # and it commits synchronously when it can
         self.assertEqual(self.bob.got, [1])
 
     def test_disk_full_is_logged_as_such(self) -> None:
         """Finding 10: the log names the real error, not the failed rollback."""
         events: list[dict] = []
-        self.patch(Hub, "log", Logger(observer=events.append))
+        self.patch(LocalBus, "log", Logger(observer=events.append))
         db = self.history._connection()
         db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
-        self.hub.post(self.alice, "x" * 2000)
+        self.alice.post_to(self.hub, "x" * 2000)
         self.clock.advance(0)
-        self.assertEqual(self.alice.failed, [1])
+        self.assertEqual(self.alice.failed, ["x" * 2000])
         [line] = [formatEvent(event) for event in events if event["log_level"] == LogLevel.error]
         self.assertIn("database or disk is full", line)
         self.assertRaises(HistoryError, self.history.check)

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.logs import JSONLinesObserver, event_as_json, json_observer, log_destination
 
-from tests.support import FakeClient, make_factory
+from tests.support import FakeClient, make_factory, names_of, stored
 
 
 class ShutdownTests(SynchronousTestCase):
@@ -42,7 +42,7 @@ class ShutdownTests(SynchronousTestCase):
         self.factory.shut_down(grace=3)
         responses = alice.received()
         self.assertEqual([r["content"] for r in responses], ["last words", "Server shutting down"])
-        self.assertEqual([m.text for m in self.factory.hub.recent(None)], ["last words"])
+        self.assertEqual([m.text for m in stored(self.factory.hub)], ["last words"])
 
     def test_requests_after_the_notice_are_ignored(self) -> None:
         alice = FakeClient(self.factory)
@@ -51,7 +51,7 @@ class ShutdownTests(SynchronousTestCase):
         alice.received()
         alice.send("msg", "too late")
         self.assertEqual(alice.received(), [])
-        self.assertEqual(self.factory.hub.recent(None), [])
+        self.assertEqual(stored(self.factory.hub), [])
 
     def test_stragglers_aborted_after_grace(self) -> None:
         alice = FakeClient(self.factory)

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.core.limits import FloodMeter, SendQueueMeter, TokenBucket
 
-from tests.support import FakeClient, decode_stream, make_factory
+from tests.support import FakeClient, decode_stream, make_factory, names_of, stored
 from tests.test_protocol import ProtocolTestCase
 
 
@@ -84,7 +84,7 @@ class RateLimitTests(ProtocolTestCase):
             client.send("msg", f"m{i}")
         sent, errors = self.messages_and_errors(client)
         self.assertEqual((sent, errors), (20, ["rate_limited"] * 5))
-        self.assertEqual(len(self.factory.hub.recent(None)), 20)
+        self.assertEqual(len(stored(self.factory.hub)), 20)
 
     def test_refill(self) -> None:
         client = self.client("bob")
@@ -175,7 +175,7 @@ class NoRateLimitTests(ProtocolTestCase):
         client = self.client("bob")
         for i in range(500):
             client.send("msg", f"m{i}")
-        self.assertEqual(len(self.factory.hub.recent(None)), 500)
+        self.assertEqual(len(stored(self.factory.hub)), 500)
         self.assertFalse(client.closed)
 
 
@@ -207,7 +207,7 @@ class SendQueueTests(ProtocolTestCase):
             poster.send("msg", f"after {i}")
         got = [r["content"] for r in fast.received() if r["response"] == "message"]
         self.assertEqual(got[-1], "after 9")
-        self.assertEqual(len(got), len(self.factory.hub.recent(None)))
+        self.assertEqual(len(got), len(stored(self.factory.hub)))
 
     def test_reader_that_catches_up_is_kept(self) -> None:
         reader, poster = self.client("reader"), self.client("poster")
@@ -260,7 +260,7 @@ class ConnectionCapTests(SynchronousTestCase):
         again = FakeClient(factory, host="10.0.0.1")
         self.assertFalse(self.busy(again))
         again.login("bob")
-        self.assertEqual(factory.hub.names(), ["bob"])
+        self.assertEqual(names_of(factory.hub), ["bob"])
 
     def test_loopback_is_not_exempt(self) -> None:
         factory = make_factory(max_per_ip=2)
@@ -299,9 +299,9 @@ class IdleTimeoutTests(ProtocolTestCase):
         self.clock.advance(0.1)
         self.assertTrue(client.closed)
         self.assertIn("Idle", client.received()[-1]["content"])
-        self.assertEqual(self.factory.hub.names(), ["bob"])  # until the connection is gone
+        self.assertEqual(names_of(self.factory.hub), ["bob"])  # until the connection is gone
         client.disconnect()
-        self.assertEqual(self.factory.hub.names(), [])
+        self.assertEqual(names_of(self.factory.hub), [])
 
     def test_activity_resets(self) -> None:
         client = self.client("bob")

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.frontends.json.protocol import CLASSIC_READ_SIZE
 
-from tests.support import FakeClient, decode_stream, make_factory
+from tests.support import FakeClient, decode_stream, make_factory, names_of, stored
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -168,8 +168,8 @@ class HistoryDefaultTests(ProtocolTestCase):
         self.assertEqual(contents[-1], "message number 119 " + "x" * 30)
         self.assertEqual(contents, [f"message number {i} " + "x" * 30 for i in range(120 - len(contents), 120)])
         # The newest that fit: the next older one would not have.
-        stored = self.factory.hub.recent(None)
-        older = stored[-len(contents) - 1].payload.decode()
+        messages = stored(self.factory.hub)
+        older = messages[-len(contents) - 1].payload.decode()
         one_more = dict(history, content=[older] + history["content"])
         self.assertGreater(len(json.dumps(one_more)), CLASSIC_READ_SIZE)
 
@@ -230,7 +230,7 @@ class MessageTests(ProtocolTestCase):
         for text in ["", " ", "\n\t ", "\x1b\x07", "\u3000\u2003", " \r\n"]:
             alice.send("msg", text)
             self.assertError(alice.one(), "empty_message")
-        self.assertEqual(self.factory.hub.recent(None), [])
+        self.assertEqual(stored(self.factory.hub), [])
 
     def test_message_length_in_code_points(self) -> None:
         alice = self.client("alice")
@@ -250,7 +250,7 @@ class MessageTests(ProtocolTestCase):
             self.assertError(alice.one(), "bad_request")
         alice.send_obj({"request": "msg"})
         self.assertError(alice.one(), "bad_request")
-        self.assertEqual(self.factory.hub.recent(None), [])
+        self.assertEqual(stored(self.factory.hub), [])
 
     def test_output_is_ascii_with_escapes(self) -> None:
         alice = self.client("alice")
@@ -269,7 +269,7 @@ class MessageTests(ProtocolTestCase):
         alice = self.client("alice")
         alice.send_raw(b'{"request": "msg", "content": "a\xffb"}\n')
         self.assertError(alice.one(), "bad_json")
-        self.assertEqual(self.factory.hub.recent(None), [])
+        self.assertEqual(stored(self.factory.hub), [])
 
     def test_ref_and_unknown_keys_ignored(self) -> None:
         alice = self.client("alice")
@@ -392,7 +392,7 @@ class RequestCheckTests(ProtocolTestCase):
         self.assertTrue(client.closed)
         client.send("names")
         self.assertEqual(client.received(), [])
-        self.assertEqual(self.factory.hub.recent(None), [])
+        self.assertEqual(stored(self.factory.hub), [])
 
     def test_incomplete_too_long_then_close(self) -> None:
         client = self.client()
@@ -429,7 +429,7 @@ class DisconnectTests(ProtocolTestCase):
         alice.disconnect()
         info, _ = self.client().login("alice")
         self.assertEqual(info["content"], "Login successful. You are now logged in as alice")
-        self.assertEqual(self.factory.hub.names(), ["alice"])
+        self.assertEqual(names_of(self.factory.hub), ["alice"])
 
     def test_disconnected_user_gets_no_fan_out(self) -> None:
         alice, bob = self.client("alice"), self.client("bob")
@@ -580,8 +580,8 @@ class IndependentHubTests(SynchronousTestCase):
         self.assertEqual(b.received(), [])
         b.send("names")
         self.assertEqual(b.one()["content"], "bob")
-        self.assertEqual(len(first.hub.recent(None)), 1)
-        self.assertEqual(second.hub.recent(None), [])
+        self.assertEqual(len(stored(first.hub)), 1)
+        self.assertEqual(stored(second.hub), [])
 
 
 class Collector(Protocol):

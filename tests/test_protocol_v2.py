@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import FakeClient
+from tests.support import FakeClient, names_of, stored
 from tests.test_protocol import ProtocolTestCase
 
 
@@ -280,7 +280,7 @@ class OrderingTests(V2TestCase):
         poster.protocol.dataReceived(b'{"request": "msg", "content": "x"}\n')
         # Not flushed yet: nobody has it, and it is not in history either.
         self.assertEqual(watcher.transport.value(), b"")
-        self.assertEqual(self.factory.hub.recent(None), [])
+        self.assertEqual(stored(self.factory.hub), [])
         self.clock.advance(0)
-        self.assertEqual([m.text for m in self.factory.hub.recent(None)], ["x"])
+        self.assertEqual([m.text for m in stored(self.factory.hub)], ["x"])
         self.assertEqual(watcher.one()["content"], "x")

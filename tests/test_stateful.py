@@ -42,7 +42,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.stores.history import SQLiteHistory
 from chatd.messages import HELP_TEXT
-from tests.support import FakeClient, make_factory
+from tests.support import FakeClient, make_factory, names_of, stored, rebuild_hub
 
 NAMES = ["alice", "Alice", "bob", "BOB", "carol", "server", "", "bad name", "x" * 33, "d\u00e9j\u00e0", 7, None]
 TEXTS = ["hi", "", "   ", "x" * 60, "\x1b[2J", "multi\nline", "\u00e9\U0001f600", "\x00\x07"]
@@ -498,15 +498,15 @@ class ChatMachine(RuleBasedStateMachine):
 
     @invariant()
     def chat_is_consistent(self) -> None:
-        assert self.hub.names() == [peer.name for peer in self.order], (self.hub.names(), self.order)
-        names = self.hub.names()
+        assert names_of(self.hub) == [peer.name for peer in self.order], (names_of(self.hub), self.order)
+        names = names_of(self.hub)
         assert len({name.lower() for name in names}) == len(names), names
         for peer in self.peers:
             assert peer.client.protocol is not None
             assert getattr(peer.client.protocol, "name", None) == peer.name, (peer, peer.client.protocol)
             assert self.hub.is_member(peer.client.protocol) is (peer in self.order)  # type: ignore[arg-type]
             assert peer.seen == sorted(set(peer.seen)), peer.seen
-        assert [m.id for m in self.hub.recent(None)] == self.stored
+        assert [m.id for m in stored(self.hub)] == self.stored
         assert not self.failures, self.failures
 
 
@@ -519,7 +519,7 @@ class SQLiteChatMachine(ChatMachine):
 
     def use_store(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="chatd-stateful-")
-        self.hub.history = SQLiteHistory(os.path.join(self.directory, "chat.sqlite3"))
+        rebuild_hub(self.hub, SQLiteHistory(os.path.join(self.directory, "chat.sqlite3")))
 
     def teardown(self) -> None:
         super().teardown()

@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.tap import Options, makeService
 
+from tests.support import stored
+
 
 def parse(*args: str) -> Options:
     options = Options()
@@ -184,7 +186,7 @@ class HistoryOptionTests(SynchronousTestCase):
 
         directory = self.data_dir()
         factory, _ = self.start("--data-dir", directory)
-        self.assertIsInstance(factory.hub.history, SQLiteHistory)
+        self.assertIsInstance(factory.hub.history.store, SQLiteHistory)
         self.assertTrue(os.path.exists(os.path.join(directory, "chatd.sqlite3")))
 
     def test_default_data_dir_is_the_working_directory(self) -> None:
@@ -194,7 +196,7 @@ class HistoryOptionTests(SynchronousTestCase):
         from chatd.stores.history import MemoryHistory
 
         factory, _ = self.start("--history", "memory")
-        self.assertIsInstance(factory.hub.history, MemoryHistory)
+        self.assertIsInstance(factory.hub.history.store, MemoryHistory)
 
     def test_missing_data_dir_is_created(self) -> None:
         import os
@@ -220,20 +222,20 @@ class HistoryOptionTests(SynchronousTestCase):
         service.startService()
         hub = reactor.tcpServers[0][1].hub
         for text in ("one", "two"):
-            hub.history.append("#lobby", "bob", text, hub.now())
+            hub.history.store.append("#lobby", "bob", text, hub.now())
         service.stopService()  # commits what is pending, closes the store
         factory, _ = self.start("--data-dir", directory)
-        self.assertEqual([m.text for m in factory.hub.recent(None)], ["one", "two"])
-        self.assertEqual(factory.hub.history.append("#lobby", "bob", "three", "t").id, 3)
+        self.assertEqual([m.text for m in stored(factory.hub)], ["one", "two"])
+        self.assertEqual(factory.hub.history.store.append("#lobby", "bob", "three", "t").id, 3)
 
     def test_retention_prunes_on_a_timer(self) -> None:
         factory, reactor = self.start("--history", "memory", "--history-retention", "2")
         hub = factory.hub
         for text in ("a", "b", "c", "d"):
-            hub.history.append("#lobby", "bob", text, hub.now())
-        hub.history.commit()
+            hub.history.store.append("#lobby", "bob", text, hub.now())
+        hub.history.store.commit()
         reactor.advance(600)
-        self.assertEqual([m.text for m in hub.recent(None)], ["c", "d"])
+        self.assertEqual([m.text for m in stored(hub)], ["c", "d"])
 
     def test_bad_history_options(self) -> None:
         for args in (["--history", "redis"], ["--history-retention", "forever"], ["--history-retention", "0"]):
@@ -241,4 +243,4 @@ class HistoryOptionTests(SynchronousTestCase):
 
     def test_fsync_flag(self) -> None:
         factory, _ = self.start("--data-dir", self.data_dir(), "--fsync")
-        self.assertTrue(factory.hub.history.fsync)
+        self.assertTrue(factory.hub.history.store.fsync)

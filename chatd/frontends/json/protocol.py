@@ -22,7 +22,8 @@ from chatd.frontends.json.framing import CLASSIC, LINES, ClassicOutput, Decoded,
 from chatd.stores.history import MAX_PAGE, HistoryError, StoredMessage
 from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
 from chatd.writethrough import writer_for
-from chatd.core.hub import LOBBY
+from chatd.core.hub import DEFAULT_ROOM
+from chatd.core.rooms import Delivery, Draft
 from chatd.messages import ChatError
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class ChatProtocol(LineReceiver):
     _resume_call: Any = None  # handles the queued requests later (budget, turn)
     _close_deadline: Any = None  # aborts a closing connection that will not close
     _producer_registered = False
+    _processing = False  # inside _process_events
+    _posts_pending = 0  # our messages not yet stored and delivered
 
     def connectionMade(self) -> None:
         self.log.info("connection from {peer}", peer=_peer(self))
@@ -135,6 +138,8 @@ class ChatProtocol(LineReceiver):
         self.MAX_LENGTH = config.max_request
         self.decoder = StreamDecoder(config.max_request)
         self._events: deque[tuple[Decoded, float]] = deque()
+        # The ref of each of our messages not yet delivered that carried one.
+        self._refs: dict[Draft, Any] = {}
         clock = self.factory.clock
         self.rate = TokenBucket(clock, config.msg_rate, config.msg_burst)
         # Rejections are forgiven at the allowed rate: sending at several
@@ -198,6 +203,21 @@ class ChatProtocol(LineReceiver):
         while the connection's budget is in debt, or its output is not
         being read, and after :data:`MAX_REQUESTS_PER_TURN` in one turn.
         """
+        if self._processing:
+            return  # an answer that came at once, inside the loop below
+        self._processing = True
+        try:
+            self._handle_queued()
+        finally:
+            self._processing = False
+        if not self._events:
+            self._queued_cost = 0.0  # no float drift across a long session
+            wait = self.budget.wait()
+            if wait > 0 and not self.closing:
+                self._process_later(wait)  # in debt for input alone: read again then
+        self._update_reading()
+
+    def _handle_queued(self) -> None:
         handled = 0
         while self._events and self._may_handle():
             event, cost = self._events[0]
@@ -212,12 +232,6 @@ class ChatProtocol(LineReceiver):
             self.budget.charge(cost)
             handled += 1
             self._handle_event(event)
-        if not self._events:
-            self._queued_cost = 0.0  # no float drift across a long session
-            wait = self.budget.wait()
-            if wait > 0 and not self.closing:
-                self._process_later(wait)  # in debt for input alone: read again then
-        self._update_reading()
 
     def _may_handle(self) -> bool:
         return not self.closing and self._held is None and not self._answering and not self.sendq.backlogged
@@ -304,12 +318,10 @@ class ChatProtocol(LineReceiver):
         except ChatError as failure:
             self.send_error(failure.code, failure.text)
             result = None
-        except HistoryError as problem:
-            self._history_failed(problem)
-            result = None
         if isinstance(result, Deferred):
-            # A clustered hub answers later: this connection's next
-            # requests wait, and the ref stays set for the answer.
+            # The core answers with a Deferred: fired already on a single
+            # node, later when clustered.  Until then this connection's
+            # next requests wait, and the ref stays set for the answer.
             self._answering = True
             result.addErrback(self._async_failed).addBoth(self._async_done)
             return
@@ -333,7 +345,7 @@ class ChatProtocol(LineReceiver):
     def _async_done(self, _: object) -> None:
         self._answering = False
         self._ref = None
-        self._process_events()
+        self._process_events()  # nothing if this came at once, inside it
 
     def _dispatch(self, request: dict[str, Any]) -> Any:
         """The checks of PROTOCOL.md section 2, in order, then the handler."""
@@ -359,12 +371,11 @@ class ChatProtocol(LineReceiver):
 
     # -- requests --------------------------------------------------------
 
-    def request_login(self, content: Any) -> Any:
+    def request_login(self, content: Any) -> Deferred[None]:
         """``login``: take a username, then send the room's recent history."""
-        hub = self.factory.hub
         if self.name is not None:
             raise ChatError(messages.ALREADY_LOGGED_IN, f"You are already logged in as {self.name}.")
-        return _then(hub.login(self, content), self._logged_in)
+        return self.factory.hub.login(self, content).addCallback(self._logged_in)
 
     def _logged_in(self, name: str) -> Any:
         self.name = name
@@ -393,7 +404,7 @@ class ChatProtocol(LineReceiver):
         """``msg``: the hub stores the message, then sends it to everyone.
 
         Further requests wait until it is stored and sent, so their
-        responses come after the echo.
+        responses come after the echo (which carries the request's ref).
         """
         if not self.rate.available():
             if self.flood.reject():
@@ -402,17 +413,42 @@ class ChatProtocol(LineReceiver):
                 self.close_after_output()
                 return
             raise ChatError(messages.RATE_LIMITED, "Slow down: you are sending messages too fast.")
-        hub = self.factory.hub
-        hub.post(self, content, self._ref)
+        draft = self.factory.hub.post(self, content)
         self.rate.take()
+        ref = self._ref
+        if draft.stored.called:  # refused at once: nothing to wait for
+            draft.stored.addErrback(self._post_failed, ref)
+            return
+        if ref is not None:
+            self._refs[draft] = ref
         self._batched += 1
-        if not self._waiting_for_store:
-            self._waiting_for_store = True
-            hub.after_flush(self._store_done, self)
+        self._posts_pending += 1
+        self._waiting_for_store = True
+        draft.stored.addCallbacks(_ignore, self._post_failed, errbackArgs=(ref,))
+        draft.stored.addBoth(self._post_settled, draft)
 
-    def request_names(self, content: Any) -> Any:
+    def _post_failed(self, failure: Failure, ref: Any) -> None:
+        """Our message could not be stored: tell the sender (with its ref)."""
+        if not self._takes_fan_out():
+            return
+        self._ref = ref
+        try:
+            if failure.check(ChatError):
+                self.send_error(failure.value.code, failure.value.text)
+            else:
+                self.send_error(messages.SERVER_BUSY, "Your message could not be stored; please send it again.")
+        finally:
+            self._ref = None
+
+    def _post_settled(self, _: object, draft: Draft) -> None:
+        self._refs.pop(draft, None)
+        self._posts_pending -= 1
+        if self._posts_pending == 0:
+            self._store_done()
+
+    def request_names(self, content: Any) -> Deferred[None]:
         """``names``: the logged-in users in login order."""
-        return _then(self.factory.hub.names(), lambda names: self.send_info(", ".join(names)))
+        return self.factory.hub.names().addCallback(lambda names: self.send_info(", ".join(names)))
 
     def request_help(self, content: Any) -> None:
         """``help``: every request and its content."""
@@ -443,17 +479,17 @@ class ChatProtocol(LineReceiver):
     def request_history(self, content: dict[str, Any] | None) -> Any:
         """``history`` (v2): a page before or after an id, oldest first, with ``more``."""
         query = content or {}
-        room = query.get("room", LOBBY)
+        room = query.get("room", DEFAULT_ROOM)
         if not isinstance(room, str):
             raise ChatError(messages.BAD_REQUEST, "Bad request: 'room' must be a string.")
-        if room.lower() != LOBBY:
+        if room.lower() != DEFAULT_ROOM:
             raise ChatError(messages.NO_SUCH_ROOM, f"No such room: {_quote(room)}.")
         before, after = _id_field(query, "before"), _id_field(query, "after")
         if before is not None and after is not None:
             raise ChatError(messages.BAD_REQUEST, "Bad request: give 'before' or 'after', not both.")
         limit = _id_field(query, "limit")
-        page = self.factory.hub.page(before, after, DEFAULT_PAGE if limit is None else limit)
-        return _then(page, self._send_page)
+        page = self.factory.hub.page(DEFAULT_ROOM, before, after, DEFAULT_PAGE if limit is None else limit)
+        return page.addCallback(self._send_page)
 
     def _send_page(self, page: tuple[list[StoredMessage], bool]) -> None:
         found, more = page
@@ -493,32 +529,29 @@ class ChatProtocol(LineReceiver):
         """Send an ``info`` response."""
         self.send_response(messages.info(text, self.factory.hub.now()))
 
-    def deliver(self, message: StoredMessage) -> None:
-        """Fan-out from the hub: the pre-encoded message, as is."""
-        if not self._takes_fan_out():
-            return
-        assert self.output is not None
-        self.output.send(message.payload, message.line)
-        self._check_sendq()
+    def deliver(self, delivery: Delivery) -> None:
+        """Fan-out from the hub: a stored batch, encoded once for everyone.
 
-    def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
-        """Fan-out of a batch: lines framing writes the shared block at once."""
+        Lines framing writes the batch's shared block in one write; only
+        when the batch holds one of our own messages that carried a
+        ``ref`` is that echo encoded again, with it.
+        """
         output = self.output
         if output is None or not self._takes_fan_out():
             return
-        if output.name == LINES:
-            output.send_block(lines)
+        if self._refs and delivery.posted_by(self):
+            refs = self._refs
+            for message, draft in zip(delivery.messages, delivery.drafts):
+                ref = refs.get(draft) if draft is not None else None
+                if ref is None:
+                    output.send(message.payload, message.line)
+                else:
+                    output.send(messages.encode(message.as_response(ref=ref)))
+        elif output.name == LINES:
+            output.send_block(delivery.lines)
         else:
-            for message in batch:
+            for message in delivery.messages:
                 output.send(message.payload)
-        self._check_sendq()
-
-    def deliver_own(self, message: StoredMessage, ref: Any) -> None:
-        """Fan-out of our own message: the echo carries our request's ``ref``."""
-        if not self._takes_fan_out():
-            return
-        assert self.output is not None
-        self.output.send(messages.encode(message.as_response(ref=ref)))
         self._check_sendq()
 
     def _takes_fan_out(self) -> bool:
@@ -547,16 +580,6 @@ class ChatProtocol(LineReceiver):
             messages.NAME_TAKEN, f"Your name {self.name} was taken on another server while this one was cut off."
         )
         self.close_after_output()
-
-    def message_failed(self, message: StoredMessage, ref: Any) -> None:
-        """The hub could not store our message: tell the sender."""
-        if not self._takes_fan_out():
-            return
-        self._ref = ref
-        try:
-            self.send_error(messages.SERVER_BUSY, "Your message could not be stored; please send it again.")
-        finally:
-            self._ref = None
 
     def close_after_output(self) -> None:
         """Ignore further input, write what is queued, then close.
@@ -605,7 +628,7 @@ class ChatProtocol(LineReceiver):
 
     def _send_login_history(self) -> Any:
         hub = self.factory.hub
-        return _then(hub.recent(self.factory.config.history_on_login), self._send_recent)
+        return hub.recent(DEFAULT_ROOM, self.factory.config.history_on_login).addCallback(self._send_recent)
 
     def _send_recent(self, found: list[StoredMessage]) -> None:
         timestamp = self.factory.hub.now()
@@ -716,13 +739,6 @@ _TYPE_NAMES = {str: "a string", dict: "an object", type(None): "null"}
 DEFAULT_PAGE = 100
 
 
-def _then(result: Any, action: Any) -> Any:
-    """``action(result)`` now, or when ``result`` (a Deferred) fires."""
-    if isinstance(result, Deferred):
-        return result.addCallback(action)
-    return action(result)
-
-
 def _send_small_writes_at_once(transport: Any) -> None:
     """Turn Nagle's algorithm off where there is a TCP socket (TLS over
     TCP too): after a burst of output, a small reply would otherwise wait
@@ -762,6 +778,10 @@ def request_cost(event: Decoded, factory: ChatFactory) -> float:
     if kind in ("names", "logout"):
         return 1.0 + factory.connections * COST_PER_NAME
     return 1.0
+
+
+def _ignore(_: object) -> None:
+    """A callback that keeps nothing."""
 
 
 def _is_msg(event: Decoded) -> bool:

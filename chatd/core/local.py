@@ -1,0 +1,234 @@
+"""The parts of a single node: names in memory, a bus over a local store.
+
+:class:`LocalNames` holds the names of this process; :class:`LocalBus`
+gives a message its id from the :class:`~chatd.stores.history.HistoryStore`
+(memory or SQLite), commits each reactor turn's batch in one transaction
+and only then delivers it; :class:`LocalHistory` reads that store.  The
+cluster's counterparts live in :mod:`chatd.cluster`.
+
+When another process holds the database locked, the commit fails at
+once instead of waiting (waiting would freeze every user): the batch
+stays pending and the commit is tried again a little later, messages
+accepted meanwhile joining the batch.  Nothing of it is delivered before
+it is stored, or has failed after ``RETRY_FOR`` seconds of tries (then
+its drafts fail and their senders get ``server_busy``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatd import messages
+from chatd.core.rooms import Delivery, Draft
+from chatd.interfaces import IHistory, IMessageBus, INameRegistry, IReceiver
+from chatd.messages import ChatError
+from chatd.metrics import Metrics
+from chatd.stores.history import HistoryBusy, HistoryError, HistoryStore, Retention, StoredMessage
+
+#: Commits the database refused as locked are tried again after
+#: ``RETRY_FIRST`` seconds, each wait doubling up to ``RETRY_MAX``; after
+#: ``RETRY_FOR`` seconds of tries the batch fails.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
+RETRY_FOR = 5.0
+
+
+@implementer(INameRegistry)
+class LocalNames:
+    """The names held in this process, in login order."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, str] = {}  # lower-cased -> as given
+
+    def claim(self, name: str, on_lost: Any = None) -> Deferred[None]:
+        """Take ``name`` unless it is held (a local name is never lost)."""
+        key = name.lower()
+        if key in self._held:
+            return fail(ChatError(messages.NAME_TAKEN, f"Username '{name}' is taken."))
+        self._held[key] = name
+        return succeed(None)
+
+    def release(self, name: str) -> None:
+        """The name is free at once."""
+        self._held.pop(name.lower(), None)
+
+    def names(self) -> Deferred[list[str]]:
+        """Every name held, in login order."""
+        return succeed(list(self._held.values()))
+
+
+@implementer(IHistory)
+class LocalHistory:
+    """Reads of a local store, as the core's asynchronous contract."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+
+    @property
+    def kind(self) -> str:
+        """``memory`` or ``sqlite``."""
+        return self.store.kind
+
+    def recent(self, room: str, limit: int | None) -> Deferred[list[StoredMessage]]:
+        """The newest ``limit`` messages, oldest first (fails: HistoryError)."""
+        try:
+            return succeed(self.store.recent(room, limit))
+        except HistoryError:
+            return fail()
+
+    def page(self, room: str, before: int | None, after: int | None, limit: int) -> Deferred[tuple[list[StoredMessage], bool]]:
+        """A page and whether more lie beyond it (fails: HistoryError)."""
+        try:
+            return succeed(self.store.page(room, before=before, after=after, limit=limit))
+        except HistoryError:
+            return fail()
+
+    def check(self) -> None:
+        """Raise ``HistoryError`` unless the store can read and write."""
+        self.store.check()
+
+    def open(self) -> None:
+        """Open (or reopen) the store, if it has anything to open."""
+        reopen = getattr(self.store, "open", None)
+        if reopen is not None:
+            reopen()
+
+    def prune(self, retention: Retention, now: float) -> int:
+        """Drop what ``retention`` no longer keeps."""
+        return self.store.prune(retention, now)
+
+    def close(self) -> None:
+        """Commit what is pending and close the store."""
+        self.store.close()
+
+
+@implementer(IMessageBus)
+class LocalBus:
+    """Ids and storage from a local store; delivery right after the commit.
+
+    Messages published in one reactor turn are committed in one
+    transaction (``callLater(0)``), then delivered, then their drafts'
+    ``stored`` Deferreds fire: a sender waiting on them sees its own echo
+    first.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, store: HistoryStore, metrics: Metrics | None = None) -> None:
+        self.clock = clock
+        self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._receiver: IReceiver | None = None
+        self._batch: list[tuple[StoredMessage, Draft]] = []
+        self._flush_call: Any = None
+        self._busy_since: float | None = None
+        self._retry_delay = RETRY_FIRST
+
+    def subscribe(self, receiver: IReceiver) -> None:
+        """Stored batches go to ``receiver``."""
+        self._receiver = receiver
+
+    def announce(self, user: str, status: str, room: str) -> None:
+        """A single node has no other node to tell."""
+
+    def publish(self, draft: Draft) -> Deferred[StoredMessage]:
+        """Give ``draft`` the next id of its room; commit with this turn's batch."""
+        try:
+            message = self.store.append(draft.room, draft.sender, draft.text, draft.timestamp)
+        except HistoryError as problem:
+            draft.stored.errback(problem)
+            return draft.stored
+        self._batch.append((message, draft))
+        # While a retry is scheduled, new messages join its batch.
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._scheduled_flush)
+        return draft.stored
+
+    @property
+    def pending(self) -> int:
+        """Messages published and not yet stored."""
+        return len(self._batch)
+
+    def flush(self) -> None:
+        """Store the pending batch now: at shutdown, one last quick try (a
+        batch the database still refuses fails at once)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._commit(last_try=True)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_call = None
+        self._commit(last_try=False)
+
+    def _commit(self, last_try: bool) -> None:
+        """Commit the pending batch; deliver it, fail it or try again later."""
+        retry = not last_try and not self._retries_exhausted()
+        started = time.perf_counter()
+        try:
+            self.store.commit(retry=retry)
+        except HistoryBusy as problem:
+            if retry:
+                self._retry_later(str(problem))
+                return
+            self._finish(failure=problem)
+        except HistoryError as problem:
+            self._finish(failure=problem)
+        else:
+            self._finish(seconds=time.perf_counter() - started)
+
+    def _finish(self, failure: HistoryError | None = None, seconds: float = 0.0) -> None:
+        """The batch is stored (deliver it) or lost; then settle its drafts."""
+        batch, self._batch = self._batch, []
+        if self._busy_since is not None:
+            waited = self.clock.seconds() - self._busy_since
+            self._busy_since = None
+            if failure is None:
+                self.log.info("history database free again: {count} messages stored after {waited:.2f} s", count=len(batch), waited=waited)
+        if failure is not None:
+            if batch:
+                self.log.error("could not store {count} messages: {problem}", count=len(batch), problem=str(failure))
+            for _message, draft in batch:
+                draft.stored.errback(failure)
+            return
+        if not batch:
+            return
+        self.metrics.history_write_seconds.observe(seconds)
+        self.metrics.messages_accepted.inc(len(batch))
+        if self._receiver is not None:
+            for delivery in _by_room(batch):
+                self._receiver.receive(delivery)
+        for message, draft in batch:
+            draft.stored.callback(message)
+
+    def _retries_exhausted(self) -> bool:
+        return self._busy_since is not None and self.clock.seconds() - self._busy_since >= RETRY_FOR
+
+    def _retry_later(self, problem: str) -> None:
+        """Keep the batch pending and try its commit again a little later."""
+        now = self.clock.seconds()
+        if self._busy_since is None:
+            self._busy_since = now
+            self._retry_delay = RETRY_FIRST
+            self.log.warn("history database busy, {count} messages wait: {problem}", count=len(self._batch), problem=problem)
+        else:
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        # The last try falls on the bound, not up to RETRY_MAX after it.
+        delay = min(self._retry_delay, max(0.0, self._busy_since + RETRY_FOR - now))
+        self._flush_call = self.clock.callLater(delay, self._scheduled_flush)
+
+
+def _by_room(batch: list[tuple[StoredMessage, Draft]]) -> list[Delivery]:
+    """One delivery per room, each in id order (the order of the batch)."""
+    rooms: dict[str, tuple[list[StoredMessage], list[Draft | None]]] = {}
+    for message, draft in batch:
+        stored, drafts = rooms.setdefault(message.room, ([], []))
+        stored.append(message)
+        drafts.append(draft)
+    return [Delivery(room, stored, drafts) for room, (stored, drafts) in rooms.items()]

@@ -1,0 +1,104 @@
+"""Rooms, like twisted.words' ``Group``: ordered members, presence, fan-out.
+
+A :class:`Draft` is a message accepted from a session and not yet stored;
+the bus stores it and hands the core a :class:`Delivery`: one batch of a
+room's stored messages in id order, with the draft each came from (None
+for messages posted on another node).  :class:`Room` writes a delivery to
+each member once; the members (front-ends) encode it once per wire format
+and keep their own correlation (a JSON ``ref``) by draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from chatd.interfaces import ISession
+    from chatd.stores.history import StoredMessage
+
+#: The room every session is in from login to logout; the only place it
+#: is named (the default room is chosen in :class:`chatd.core.hub.Hub`).
+LOBBY = "#lobby"
+
+
+@dataclass(eq=False)
+class Draft:
+    """A message accepted from ``origin`` for ``room``, on its way to be
+    stored.  ``stored`` fires with the stored message once it has been
+    delivered on this node, or fails if it could not be stored."""
+
+    room: str
+    sender: str
+    text: str
+    timestamp: str
+    origin: Any = None  # the ISession that posted it
+    stored: Deferred[StoredMessage] = field(default_factory=Deferred)
+
+
+class Delivery:
+    """One stored batch of a room: messages in id order, and the draft
+    each came from on this node (None: posted elsewhere)."""
+
+    __slots__ = ("room", "messages", "drafts", "_posters", "_lines")
+
+    def __init__(self, room: str, messages: list[StoredMessage], drafts: list[Draft | None]) -> None:
+        self.room = room
+        self.messages = messages
+        self.drafts = drafts
+        self._posters = {id(draft.origin) for draft in drafts if draft is not None}
+        self._lines: bytes | None = None
+
+    def posted_by(self, session: object) -> bool:
+        """Whether ``session`` posted any message of this batch."""
+        return id(session) in self._posters
+
+    @property
+    def lines(self) -> bytes:
+        """The whole batch as JSON lines, encoded once for every member."""
+        if self._lines is None:
+            self._lines = b"".join(message.line for message in self.messages)
+        return self._lines
+
+
+class Room:
+    """A room's members, in the order they entered, and its fan-out."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        # Keyed by identity; dict order is the order they entered.
+        self._members: dict[int, ISession] = {}
+
+    def add(self, session: ISession) -> None:
+        """``session`` enters the room."""
+        self._members[id(session)] = session
+
+    def remove(self, session: ISession) -> None:
+        """``session`` leaves the room (nothing if it was not in it)."""
+        self._members.pop(id(session), None)
+
+    def __contains__(self, session: object) -> bool:
+        return id(session) in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def members(self) -> list[ISession]:
+        """The members now, in the order they entered."""
+        return list(self._members.values())
+
+    def deliver(self, delivery: Delivery) -> int:
+        """Hand ``delivery`` to every member; how many messages went out."""
+        # A member may leave while we deliver: iterate over a snapshot.
+        recipients = list(self._members.values())
+        for session in recipients:
+            session.deliver(delivery)
+        return len(delivery.messages) * len(recipients)
+
+    def announce(self, user: str, status: str, subject: object = None) -> None:
+        """Tell every member but ``subject`` that ``user`` came or went."""
+        for session in list(self._members.values()):
+            if session is not subject:
+                session.presence(user, status, self.name)

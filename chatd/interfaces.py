@@ -1,0 +1,163 @@
+"""The contracts between chatd's layers, written down.
+
+In the spirit of ``twisted/words/iwords.py``: front-ends (JSON over TCP,
+TLS and WebSocket; IRC later) talk to the chat core (:class:`IChatCore`)
+on behalf of sessions (:class:`ISession`); the core is built from parts
+that exist locally (memory, SQLite) or in Redis (a cluster):
+:class:`IHistory`, :class:`INameRegistry` and :class:`IMessageBus`.
+
+Async-ness is part of each contract: every core call that may need
+another node answers with a ``Deferred``, locally an already-fired one
+(``succeed()``), so a front-end is written once for both.  Errors meant
+for the user arrive as :class:`chatd.messages.ChatError` failures; a
+store or cluster that cannot answer as :class:`chatd.stores.history.HistoryError`
+(or a ``ChatError`` with code ``server_busy``).
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ISession(Interface):
+    """A logged-in connection, as the core sees it (any front-end).
+
+    The core calls these to hand a session what it must send; the
+    session encodes it in its own wire format.
+    """
+
+    name = Attribute("The name it logged in with (str), or None.")
+
+    def deliver(delivery: object) -> None:
+        """Messages stored and ordered for a room this session is in.
+
+        ``delivery`` is a :class:`chatd.core.rooms.Delivery`: the
+        messages of one batch, in id order, and for each the local
+        session that posted it (or None), so a front-end can encode the
+        batch once and answer its own messages specially.
+        """
+
+    def presence(user: str, status: str, room: str) -> None:
+        """``user`` came (``online``) or went (``offline``) in ``room``."""
+
+    def name_lost() -> None:
+        """The name went to a session elsewhere (a cluster node that was cut
+        off): the session must end."""
+
+
+class IChatCore(Interface):
+    """The chat: sessions, rooms and messages.  Knows no wire format."""
+
+    def login(session: ISession, name: object) -> object:
+        """Register ``session`` under ``name`` and enter the default room.
+
+        A Deferred firing with the name as given, or failing with a
+        ``ChatError`` (``invalid_username``, ``name_taken``,
+        ``server_busy``).
+        """
+
+    def logout(session: ISession) -> None:
+        """Remove ``session``: its name is free at once, its rooms told."""
+
+    def names(room: str) -> object:
+        """A Deferred: the names in ``room``, in the order they entered it
+        (every node's, when clustered)."""
+
+    def post(session: ISession, text: str) -> object:
+        """Accept ``text`` from ``session`` for the default room.
+
+        Raises ``ChatError`` at once for a text that is not acceptable.
+        Otherwise returns the :class:`chatd.core.rooms.Draft`, whose
+        ``stored`` Deferred fires with the stored message once it is
+        stored *and* delivered to this node's sessions (the poster's own
+        copy included: it finds the draft in that delivery), or fails
+        (``HistoryError``, ``ChatError``) if it could not be stored.
+        """
+
+    def recent(room: str, limit: int | None) -> object:
+        """A Deferred: the newest ``limit`` messages of ``room`` (all if
+        None), oldest first."""
+
+    def page(room: str, before: int | None, after: int | None, limit: int) -> object:
+        """A Deferred: ``(messages, more)``, a page of ``room``'s history
+        (see :meth:`IHistory.page`)."""
+
+    def flush() -> None:
+        """Store and deliver what is pending now (at shutdown)."""
+
+
+class IHistory(Interface):
+    """Reading history, and the store's life (open, prune, close)."""
+
+    kind = Attribute("What keeps it, for /health: 'memory', 'sqlite', 'redis'.")
+
+    def recent(room: str, limit: int | None) -> object:
+        """A Deferred: the newest ``limit`` stored messages, oldest first."""
+
+    def page(room: str, before: int | None, after: int | None, limit: int) -> object:
+        """A Deferred: ``(messages, more)``.  With ``after``: the oldest
+        ``limit`` with a greater id (``more``: newer exist); with
+        ``before``: the newest ``limit`` with a smaller id (``more``: older
+        exist); with neither, the newest ``limit``."""
+
+    def check() -> None:
+        """Raise ``HistoryError`` unless the store can read and write now."""
+
+    def open() -> None:
+        """Open (or reopen, after twistd forked) the store."""
+
+    def prune(retention: object, now: float) -> int:
+        """Drop what ``retention`` no longer keeps; how many were dropped."""
+
+    def close() -> None:
+        """Release the store (what is pending is stored first)."""
+
+
+class INameRegistry(Interface):
+    """Who holds which name: unique case-insensitively, in login order."""
+
+    def claim(name: str, on_lost: object) -> object:
+        """A Deferred that fires once ``name`` is ours, or fails with
+        ``ChatError`` (``name_taken``, ``server_busy``).  ``on_lost()`` is
+        called if the name is later taken from us (a cluster node that
+        was cut off)."""
+
+    def release(name: str) -> None:
+        """Give ``name`` up (at once locally; as soon as possible remotely)."""
+
+    def names() -> object:
+        """A Deferred: every name held, in login order."""
+
+
+class IMessageBus(Interface):
+    """Gives messages their ids and order, stores them, and hands them to
+    every node's core for delivery."""
+
+    def subscribe(receiver: IReceiver) -> None:
+        """Hand stored messages and presence to ``receiver`` from now on."""
+
+    def publish(draft: object) -> object:
+        """Store a :class:`chatd.core.rooms.Draft` and have it delivered.
+
+        A Deferred firing with the stored message once it has been
+        delivered on this node (``receiver.receive`` returned), or failing
+        (``HistoryError``, ``ChatError``) if it could not be stored.
+        Messages published in one reactor turn form one batch.
+        """
+
+    def announce(user: str, status: str, room: str) -> None:
+        """Tell the *other* nodes' sessions in ``room`` that ``user`` came or
+        went (the core tells this node's own; a single node has no others)."""
+
+    def flush() -> None:
+        """Publish what is pending now (at shutdown)."""
+
+
+class IReceiver(Interface):
+    """What a bus hands its messages to: the core."""
+
+    def receive(delivery: object) -> None:
+        """A stored batch (a :class:`chatd.core.rooms.Delivery`) to fan out."""
+
+    def receive_presence(user: str, status: str, room: str) -> None:
+        """Presence announced by another node."""

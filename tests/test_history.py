@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd.frontends.json.encoding import encode_message
 from chatd.stores import history
 from chatd.stores.history import (
     MAX_PAGE,
@@ -67,7 +68,7 @@ class StoreContract:
         self.store.commit()
         [got] = self.store.recent("#lobby", 1)
         self.assertEqual(got, sent)
-        self.assertEqual(got.payload, sent.payload)
+        self.assertEqual(encode_message(got), encode_message(sent))
         self.assertEqual(got.sender, "007")
 
     def test_recent(self) -> None:

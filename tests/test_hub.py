@@ -13,6 +13,7 @@ from chatd.stores.history import HistoryError, MemoryHistory, SQLiteHistory, Sto
 from chatd.core.hub import Hub
 from chatd.core.local import RETRY_FIRST, RETRY_FOR, RETRY_MAX, LocalBus
 from chatd.core.rooms import Delivery, Draft
+from chatd.frontends.json.encoding import delivery_lines, encode_message
 from chatd.messages import ChatError
 
 from tests.support import FakeClient, fired, make_factory, names_of, rebuild_hub
@@ -43,7 +44,7 @@ class Member:
 
     def deliver(self, delivery: Delivery) -> None:
         self.got.extend(message.id for message in delivery.messages)
-        assert delivery.lines == b"".join(message.line for message in delivery.messages)
+        assert delivery_lines(delivery) == b"".join(encode_message(message) + b"\n" for message in delivery.messages)
 
     def post_to(self, hub: Hub, text: str) -> Draft:
         draft = hub.post(self, text)

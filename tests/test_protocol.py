@@ -10,6 +10,7 @@ from twisted.test import iosim
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd.frontends.json.encoding import encode_message
 from chatd.frontends.json.protocol import CLASSIC_READ_SIZE
 
 from tests.support import FakeClient, decode_stream, make_factory, names_of, stored
@@ -169,7 +170,7 @@ class HistoryDefaultTests(ProtocolTestCase):
         self.assertEqual(contents, [f"message number {i} " + "x" * 30 for i in range(120 - len(contents), 120)])
         # The newest that fit: the next older one would not have.
         messages = stored(self.factory.hub)
-        older = messages[-len(contents) - 1].payload.decode()
+        older = encode_message(messages[-len(contents) - 1]).decode()
         one_more = dict(history, content=[older] + history["content"])
         self.assertGreater(len(json.dumps(one_more)), CLASSIC_READ_SIZE)
 

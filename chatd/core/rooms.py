@@ -11,7 +11,7 @@ and keep their own correlation (a JSON ``ref``) by draft.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 
@@ -40,27 +40,32 @@ class Draft:
 
 class Delivery:
     """One stored batch of a room: messages in id order, and the draft
-    each came from on this node (None: posted elsewhere)."""
+    each came from on this node (None: posted elsewhere).
 
-    __slots__ = ("room", "messages", "drafts", "_posters", "_lines")
+    Front-ends encode a batch once and write the same bytes to each of
+    their members: :meth:`encoded` keeps each encoding by name.
+    """
+
+    __slots__ = ("room", "messages", "drafts", "cached", "_posters")
 
     def __init__(self, room: str, messages: list[StoredMessage], drafts: list[Draft | None]) -> None:
         self.room = room
         self.messages = messages
         self.drafts = drafts
+        self.cached: dict[str, Any] = {}
         self._posters = {id(draft.origin) for draft in drafts if draft is not None}
-        self._lines: bytes | None = None
 
     def posted_by(self, session: object) -> bool:
         """Whether ``session`` posted any message of this batch."""
         return id(session) in self._posters
 
-    @property
-    def lines(self) -> bytes:
-        """The whole batch as JSON lines, encoded once for every member."""
-        if self._lines is None:
-            self._lines = b"".join(message.line for message in self.messages)
-        return self._lines
+    def encoded(self, name: str, encode: Callable[[list[StoredMessage]], Any]) -> Any:
+        """``encode(messages)``, computed once per batch under ``name``."""
+        try:
+            return self.cached[name]
+        except KeyError:
+            value = self.cached[name] = encode(self.messages)
+            return value
 
 
 class Room:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
 from twisted.logger import Logger
@@ -47,12 +47,12 @@ class HistoryBusy(HistoryError):
     """Another connection holds the database locked: try again later."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     """One accepted message, with its id and acceptance timestamp.
 
-    ``payload`` is the ``message`` response encoded once; fan-out writes
-    these same bytes to every member, and v1 history sends them as strings.
+    Plain data: each front-end encodes it in its own wire format (the JSON
+    one in :mod:`chatd.frontends.json.encoding`, once per batch).
     """
 
     id: int
@@ -60,17 +60,6 @@ class StoredMessage:
     sender: str
     text: str
     timestamp: str
-    payload: bytes = field(init=False, repr=False, compare=False)
-    line: bytes = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        payload = messages.encode(self.as_response())
-        object.__setattr__(self, "payload", payload)
-        object.__setattr__(self, "line", payload + b"\n")
-
-    def as_response(self, **extra: Any) -> dict[str, Any]:
-        """The ``message`` response for this message (``extra`` keys last)."""
-        return messages.response("message", self.text, self.timestamp, sender=self.sender, id=self.id, **extra)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBu
 from chatd.writethrough import writer_for
 from chatd.core.hub import DEFAULT_ROOM
 from chatd.core.rooms import Delivery, Draft
+from chatd.frontends.json.encoding import delivery_lines, delivery_payloads, encode_message, message_response
 from chatd.messages import ChatError
 
 if TYPE_CHECKING:
@@ -541,17 +542,18 @@ class ChatProtocol(LineReceiver):
             return
         if self._refs and delivery.posted_by(self):
             refs = self._refs
-            for message, draft in zip(delivery.messages, delivery.drafts):
+            payloads = delivery_payloads(delivery)
+            for message, draft, payload in zip(delivery.messages, delivery.drafts, payloads):
                 ref = refs.get(draft) if draft is not None else None
                 if ref is None:
-                    output.send(message.payload, message.line)
+                    output.send(payload)
                 else:
-                    output.send(messages.encode(message.as_response(ref=ref)))
+                    output.send(messages.encode(message_response(message, ref=ref)))
         elif output.name == LINES:
-            output.send_block(delivery.lines)
+            output.send_block(delivery_lines(delivery))
         else:
-            for message in delivery.messages:
-                output.send(message.payload)
+            for payload in delivery_payloads(delivery):
+                output.send(payload)
         self._check_sendq()
 
     def _takes_fan_out(self) -> bool:
@@ -634,7 +636,7 @@ class ChatProtocol(LineReceiver):
         timestamp = self.factory.hub.now()
         content: list[Any]
         if self.version == 1 and self.output is not None and self.output.name == CLASSIC:
-            content = trimmed_history([message.payload for message in found], timestamp, CLASSIC_READ_SIZE)
+            content = trimmed_history([encode_message(message) for message in found], timestamp, CLASSIC_READ_SIZE)
         else:
             content = self._history_content(found)
         self.send_response(messages.response("history", content, timestamp))
@@ -642,8 +644,8 @@ class ChatProtocol(LineReceiver):
     def _history_content(self, found: list[StoredMessage]) -> list[Any]:
         """History entries: JSON strings for v1, message objects for v2."""
         if self.version == 1:
-            return [message.payload.decode("ascii") for message in found]
-        return [message.as_response() for message in found]
+            return [encode_message(message).decode("ascii") for message in found]
+        return [message_response(message) for message in found]
 
     def _write(self, data: bytes) -> None:
         """Every byte to the client goes through here (for the send queue)."""

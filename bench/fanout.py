@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fanout.py                 # both servers, both shapes, 3 repeats
     .venv/bin/python bench/fanout.py --servers chatd --repeats 1
+    .venv/bin/python bench/fanout.py --servers chatd-base,chatd --base-checkout ../before  # before/after
 
 InspIRCd comes from Debian (``apt-get install inspircd``); it is started
 here with a generated config (flood protection off, large sendq/recvq,
@@ -83,9 +84,15 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment (None: this process's)."""
+        return None
+
     def start(self) -> None:
         log = open(os.path.join(self.workdir, f"{self.name}.log"), "wb")
-        self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=self.environment()
+        )
         end = time.monotonic() + 20
         while time.monotonic() < end:
             if self.process.poll() is not None:
@@ -131,6 +138,29 @@ class Chatd(Server):
         profiling = ["--profiler=cprofile", f"--profile={self.profile}", "--savestats"] if self.profile else []
         return [*twistd_command(), *profiling, "-n", "--pidfile=", "chatd", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--msg-rate", "0", "--request-rate", "0", "--max-per-ip", "0", "--history-on-login", "0", "--data-dir", self.workdir, *self.extra]
+
+
+class ChatdBase(Chatd):
+    """chatd from another checkout (``--base-checkout PATH``), e.g. the main
+    before a change, run by this environment's twistd: the "before" of a
+    before/after comparison in one run."""
+
+    name = "chatd-base"
+    checkout = ""
+
+    def environment(self) -> dict[str, str] | None:
+        return dict(os.environ, PYTHONPATH=self.checkout)
+
+    def command(self) -> list[str]:
+        command = super().command()
+        if "--request-rate" in command and not self._knows_request_rate():
+            at = command.index("--request-rate")
+            del command[at : at + 2]
+        return command
+
+    def _knows_request_rate(self) -> bool:
+        with open(os.path.join(self.checkout, "chatd", "tap.py")) as tap:
+            return "request-rate" in tap.read()
 
 
 INSPIRCD_CONF = """
@@ -395,7 +425,7 @@ async def rate(server: Server, clients_n: int, senders: int, per_second: float, 
 # -- driver ----------------------------------------------------------------
 
 
-SERVERS = {"chatd": Chatd, "inspircd": InspIRCd, "chatd-cluster": ChatdCluster}
+SERVERS = {"chatd": Chatd, "chatd-base": ChatdBase, "inspircd": InspIRCd, "chatd-cluster": ChatdCluster}
 
 
 def run_one(kind: str, shape: str, args: argparse.Namespace) -> dict[str, float]:
@@ -423,11 +453,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--cluster-nodes", type=int, default=2, help="nodes of the chatd-cluster server")
+    parser.add_argument("--base-checkout", help="a chatd checkout to run as server chatd-base (before/after in one run)")
     parser.add_argument("--profile", help="write chatd's cProfile stats here (one run; prints the top functions)")
     args = parser.parse_args()
     if args.profile:
         Chatd.profile = os.path.abspath(args.profile)
     ChatdCluster.nodes = args.cluster_nodes
+    if args.base_checkout:
+        ChatdBase.checkout = os.path.abspath(args.base_checkout)
     servers = args.servers.split(",")
     shapes = args.shapes.split(",")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -464,6 +497,15 @@ def main() -> None:
 
         print(f"\nchatd profile ({args.profile}), top functions by own time:")
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
+    if set(servers) >= {"chatd", "chatd-base"}:
+        print("\nratios (chatd / chatd-base):")
+        if "burst" in shapes:
+            ratio = median("chatd", "burst", "per_cpu_s") / median("chatd-base", "burst", "per_cpu_s")
+            print(f"- deliveries per server CPU-second: {ratio:.2f}x")
+        if "rate" in shapes:
+            for key in ("p50_ms", "p99_ms", "cpu"):
+                ratio = median("chatd", "rate", key) / median("chatd-base", "rate", key)
+                print(f"- rate {key}: {ratio:.2f}x")
     if set(servers) >= {"chatd", "inspircd"}:
         print("\nratios (chatd / InspIRCd):")
         if "burst" in shapes:

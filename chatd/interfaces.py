@@ -16,7 +16,15 @@ store or cluster that cannot answer as :class:`chatd.stores.history.HistoryError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from chatd.core.rooms import Delivery, Draft
+    from chatd.stores.history import Retention, StoredMessage
 
 
 class ISession(Interface):
@@ -28,7 +36,7 @@ class ISession(Interface):
 
     name = Attribute("The name it logged in with (str), or None.")
 
-    def deliver(delivery: object) -> None:
+    def deliver(delivery: Delivery) -> None:
         """Messages stored and ordered for a room this session is in.
 
         ``delivery`` is a :class:`chatd.core.rooms.Delivery`: the
@@ -48,7 +56,7 @@ class ISession(Interface):
 class IChatCore(Interface):
     """The chat: sessions, rooms and messages.  Knows no wire format."""
 
-    def login(session: ISession, name: object) -> object:
+    def login(session: ISession, name: object) -> Deferred[str]:
         """Register ``session`` under ``name`` and enter the default room.
 
         A Deferred firing with the name as given, or failing with a
@@ -59,11 +67,11 @@ class IChatCore(Interface):
     def logout(session: ISession) -> None:
         """Remove ``session``: its name is free at once, its rooms told."""
 
-    def names(room: str) -> object:
+    def names(room: str) -> Deferred[list[str]]:
         """A Deferred: the names in ``room``, in the order they entered it
         (every node's, when clustered)."""
 
-    def post(session: ISession, text: str) -> object:
+    def post(session: ISession, text: str) -> Draft:
         """Accept ``text`` from ``session`` for the default room.
 
         Raises ``ChatError`` at once for a text that is not acceptable.
@@ -74,11 +82,11 @@ class IChatCore(Interface):
         (``HistoryError``, ``ChatError``) if it could not be stored.
         """
 
-    def recent(room: str, limit: int | None) -> object:
+    def recent(room: str, limit: int | None) -> Deferred[list[StoredMessage]]:
         """A Deferred: the newest ``limit`` messages of ``room`` (all if
         None), oldest first."""
 
-    def page(room: str, before: int | None, after: int | None, limit: int) -> object:
+    def page(room: str, before: int | None, after: int | None, limit: int) -> Deferred[tuple[list[StoredMessage], bool]]:
         """A Deferred: ``(messages, more)``, a page of ``room``'s history
         (see :meth:`IHistory.page`)."""
 
@@ -91,10 +99,10 @@ class IHistory(Interface):
 
     kind = Attribute("What keeps it, for /health: 'memory', 'sqlite', 'redis'.")
 
-    def recent(room: str, limit: int | None) -> object:
+    def recent(room: str, limit: int | None) -> Deferred[list[StoredMessage]]:
         """A Deferred: the newest ``limit`` stored messages, oldest first."""
 
-    def page(room: str, before: int | None, after: int | None, limit: int) -> object:
+    def page(room: str, before: int | None, after: int | None, limit: int) -> Deferred[tuple[list[StoredMessage], bool]]:
         """A Deferred: ``(messages, more)``.  With ``after``: the oldest
         ``limit`` with a greater id (``more``: newer exist); with
         ``before``: the newest ``limit`` with a smaller id (``more``: older
@@ -106,7 +114,7 @@ class IHistory(Interface):
     def open() -> None:
         """Open (or reopen, after twistd forked) the store."""
 
-    def prune(retention: object, now: float) -> int:
+    def prune(retention: Retention, now: float) -> int:
         """Drop what ``retention`` no longer keeps; how many were dropped."""
 
     def close() -> None:
@@ -116,7 +124,7 @@ class IHistory(Interface):
 class INameRegistry(Interface):
     """Who holds which name: unique case-insensitively, in login order."""
 
-    def claim(name: str, on_lost: object) -> object:
+    def claim(name: str, on_lost: Callable[[], None]) -> Deferred[None]:
         """A Deferred that fires once ``name`` is ours, or fails with
         ``ChatError`` (``name_taken``, ``server_busy``).  ``on_lost()`` is
         called if the name is later taken from us (a cluster node that
@@ -125,7 +133,7 @@ class INameRegistry(Interface):
     def release(name: str) -> None:
         """Give ``name`` up (at once locally; as soon as possible remotely)."""
 
-    def names() -> object:
+    def names() -> Deferred[list[str]]:
         """A Deferred: every name held, in login order."""
 
 
@@ -136,7 +144,7 @@ class IMessageBus(Interface):
     def subscribe(receiver: IReceiver) -> None:
         """Hand stored messages and presence to ``receiver`` from now on."""
 
-    def publish(draft: object) -> object:
+    def publish(draft: Draft) -> Deferred[StoredMessage]:
         """Store a :class:`chatd.core.rooms.Draft` and have it delivered.
 
         A Deferred firing with the stored message once it has been
@@ -156,7 +164,7 @@ class IMessageBus(Interface):
 class IReceiver(Interface):
     """What a bus hands its messages to: the core."""
 
-    def receive(delivery: object) -> None:
+    def receive(delivery: Delivery) -> None:
         """A stored batch (a :class:`chatd.core.rooms.Delivery`) to fan out."""
 
     def receive_presence(user: str, status: str, room: str) -> None:

@@ -44,6 +44,7 @@ def delivery_lines(delivery: Delivery) -> bytes:
     """The whole batch as JSON lines, once for every member."""
     if "json-payloads" in delivery.cached:
         # Already encoded for a classic member: join, do not encode again.
-        return delivery.encoded("json-lines", lambda _: b"".join(p + b"\n" for p in delivery_payloads(delivery)))
+        joined: bytes = delivery.encoded("json-lines", lambda _: b"".join(p + b"\n" for p in delivery_payloads(delivery)))
+        return joined
     lines: bytes = delivery.encoded("json-lines", _lines)
     return lines

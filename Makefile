@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # installed in editable (compat) mode, so edits need no re-install.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test typecheck setup clean
 
 setup: $(STAMP)
 
@@ -22,5 +22,9 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# mypy --strict over the package ([tool.mypy] in pyproject.toml).
+typecheck: setup
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info _trial_temp .pytest_cache .hypothesis .mypy_cache

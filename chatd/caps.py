@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IAddress, IProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -80,7 +80,7 @@ class CappedConnection(ProtocolWrapper):
         self.host: str | None = host
         self.caps = factory.caps
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
             super().connectionLost(reason)
         finally:
@@ -103,7 +103,9 @@ class CappedFactory(WrappingFactory["CappedConnection"]):
         self.caps = caps
         self.refuse = refuse
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
+    # WrappingFactory promises a wrapper; over a cap this returns the
+    # refusal instead (and None if the wrapped factory declines).
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]  # see above
         host = host_of(addr)
         refusal = self.caps.acquire(host)
         if refusal is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Mapping, Protocol, TextIO
 
 from twisted.logger import ILogObserver, formatEvent
 from twisted.python.logfile import LogFile
@@ -25,11 +25,22 @@ from zope.interface import implementer
 _PLAIN = (str, int, float, bool, type(None))
 
 
+class TextStream(Protocol):
+    """Where log lines go: a text file, stdout, or twistd's ``LogFile``."""
+
+    def write(self, text: str) -> object:
+        """Write ``text``."""
+
+    def flush(self) -> object:
+        """Push what was written to the file."""
+
+
 def log_destination(logfile: str | None, nodaemon: bool) -> TextIO | LogFile:
     """Where twistd would log: stdout in the foreground, else a file."""
     if logfile == "-" or (not logfile and nodaemon):
         return sys.stdout
-    return LogFile.fromFullPath(logfile or "twistd.log")
+    log_file: LogFile = LogFile.fromFullPath(logfile or "twistd.log")
+    return log_file
 
 
 def event_as_json(event: dict[str, Any]) -> str:
@@ -55,7 +66,7 @@ def event_as_json(event: dict[str, Any]) -> str:
 class JSONLinesObserver:
     """Writes each event as a JSON line to a text stream."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: TextStream) -> None:
         self.stream = stream
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -63,7 +74,7 @@ class JSONLinesObserver:
         self.stream.flush()
 
 
-def json_observer(twistd_options: Any) -> ILogObserver:
+def json_observer(twistd_options: Mapping[str, Any] | None) -> ILogObserver:
     """A JSON-lines observer for the destination of these twistd options."""
     logfile = twistd_options.get("logfile") if twistd_options is not None else None
     nodaemon = bool(twistd_options.get("nodaemon")) if twistd_options is not None else True

@@ -9,13 +9,15 @@ one hub.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatd import messages
 from chatd.caps import ConnectionCaps, host_of
@@ -46,23 +48,24 @@ class ServerConfig:
 class BusyProtocol(Protocol):
     """Answers ``server_busy`` (one JSON object and a newline), then closes."""
 
-    def __init__(self, clock: Any, text: str) -> None:
+    def __init__(self, clock: IReactorTime, text: str) -> None:
         self.clock = clock
         self.text = text
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set by makeConnection, just before
         response = messages.error(messages.SERVER_BUSY, self.text, messages.format_timestamp(self.clock.seconds()))
         self.transport.write(messages.encode(response) + b"\n")
         self.transport.loseConnection()
 
 
-class ChatFactory(ServerFactory):
+class ChatFactory(ServerFactory[ChatProtocol]):
     """Builds chat connections that share one hub, within connection caps."""
 
     protocol = ChatProtocol
     log = Logger()
 
-    def __init__(self, hub: Hub, config: ServerConfig, clock: Any) -> None:
+    def __init__(self, hub: Hub, config: ServerConfig, clock: IReactorTime) -> None:
         self.hub = hub
         self.config = config
         self.clock = clock
@@ -101,7 +104,12 @@ class ChatFactory(ServerFactory):
         """Open connections per remote host, all listeners together (the shared caps')."""
         return self.caps.per_ip
 
-    def buildProtocol(self, addr: Any, holds_slot: bool = False) -> Protocol | None:
+    # The override returns a BusyProtocol when refusing, not only a
+    # ChatProtocol as Factory[ChatProtocol] promises; its callers (the
+    # listening port, the web side) take any protocol.
+    def buildProtocol(  # type: ignore[override]  # a refusal is a BusyProtocol
+        self, addr: IAddress | None, holds_slot: bool = False
+    ) -> Protocol:
         """A chat connection for ``addr``, or a busy answer over a cap.
 
         ``holds_slot``: the connection already counts against the caps (a
@@ -152,12 +160,19 @@ class ChatFactory(ServerFactory):
         done: Deferred[None] = Deferred()
         self._until_empty = [done]
         abort = self.clock.callLater(grace, self._abort_all)
-        done.addBoth(lambda result: (abort.active() and abort.cancel(), result)[1])
+
+        def cancel_abort(result: Failure | None) -> Failure | None:
+            if abort.active():
+                abort.cancel()
+            return result
+
+        done.addBoth(cancel_abort)
         return done
 
     def _abort_all(self) -> None:
         for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
+            # Every transport here can abort: TCP, TLS, the WebSocket adapter.
+            cast(ITCPTransport, protocol.transport).abortConnection()
 
 
 class ShutdownService(Service):
@@ -171,7 +186,7 @@ class ShutdownService(Service):
         self.factory = factory
         self.grace = grace
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         return self.factory.shut_down(self.grace)
 
@@ -185,7 +200,7 @@ class HistoryService(Service):
 
     log = Logger()
 
-    def __init__(self, hub: Hub, retention: Retention, clock: Any, prune_every: float = 600.0) -> None:
+    def __init__(self, hub: Hub, retention: Retention, clock: IReactorTime, prune_every: float = 600.0) -> None:
         self.hub = hub
         self.retention = retention
         self.clock = clock

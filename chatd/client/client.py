@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO, cast
 
 from twisted.internet import defer, error
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -213,13 +214,14 @@ class ChatClientProtocol(Protocol):
         """
         limit = self.MAX_LENGTH // (1024 * 1024)
         self.session.printer.show(Line(ERROR, f"the server sent a response too large to read (over {limit} MiB); disconnecting"))
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        cast(ITCPTransport, self.transport).abortConnection()  # TCP or TLS: both can abort
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.session.disconnected(self, reason)
 
     def send_request(self, request: str, content: Any = None, **extra: Any) -> None:
         """Send one request."""
+        assert self.transport is not None  # only sent while connected
         self.transport.write(encode_request(request, content, **extra))
 
 
@@ -233,7 +235,7 @@ class ChatSession:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         connect: Callable[[ChatSession], defer.Deferred[Any]],
         printer: Printer,
         name: str | None = None,
@@ -260,8 +262,8 @@ class ChatSession:
         self._quitting = False
         self._awaiting_logout = False
         self._input_ended = False
-        self._drain_timer: Any = None
-        self._drain_deadline: Any = None
+        self._drain_timer: IDelayedCall | None = None
+        self._drain_deadline: IDelayedCall | None = None
         self._queued: list[tuple[str, Any]] = []
         self.v2 = False
         self._awaiting_hello = False
@@ -591,6 +593,7 @@ class ChatSession:
             if timer is not None and timer.active():
                 timer.cancel()
         if self.protocol is not None:
+            assert self.protocol.transport is not None  # self.protocol is the connected one
             self.protocol.transport.loseConnection()
         else:
             self._finish(0)
@@ -658,10 +661,10 @@ class UserInput(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         self.session.user_line(line.decode("utf-8", "replace"))
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
-        if self._buffer:
-            self.lineReceived(self._buffer)  # a last line without newline
-            self._buffer = b""
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        last: bytes = self.clearLineBuffer()
+        if last:
+            self.lineReceived(last)  # a last line without newline
         self.session.input_ended()
 
 
@@ -682,7 +685,7 @@ class ClientOptions(usage.Options):
     ]
 
 
-def make_endpoint(reactor: Any, options: ClientOptions) -> Any:
+def make_endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
     """The endpoint for ``--host``/``--port``, wrapped in TLS with ``--tls``."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
@@ -717,7 +720,8 @@ def main(reactor: Any, *argv: str) -> defer.Deferred[None]:
         raise SystemExit(2)
 
     def connect(session: ChatSession) -> defer.Deferred[Any]:
-        return connectProtocol(endpoint, ChatClientProtocol(session))
+        connecting: defer.Deferred[Any] = connectProtocol(endpoint, ChatClientProtocol(session))
+        return connecting
 
     session = ChatSession(
         reactor,

@@ -34,28 +34,34 @@ import ipaddress
 import json
 import os
 from io import BytesIO
-from typing import Any
+from typing import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, static
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
-from twisted.web.websocket import WebSocketResource
+from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto import ConnectionType
 from wsproto.handshake import H11Handshake
 
 from chatd import messages
 from chatd.caps import CappedFactory
 from chatd.frontends.json.framing import LINES
-from chatd.core.hub import LOBBY
 from chatd.metrics import content_type
 from chatd.frontends.json.protocol import ChatProtocol
 from chatd.server import ChatFactory
+from chatd.twisted_compat import (
+    declared_body_length,
+    end_http_timeout,
+    intercept_upgraded_input,
+    release_http_producer,
+    request_line_read,
+    websocket_connection,
+)
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
 
@@ -88,16 +94,17 @@ class WebSocketChatTransport:
     out as one text frame.
     """
 
-    def __init__(self, wire: Any, peer: IAddress, host: IAddress) -> None:
+    def __init__(self, wire: WebSocketTransport, peer: IAddress, host: IAddress) -> None:
         self.wire = wire
+        self.connection = websocket_connection(wire)  # the TCP (or TLS) connection under it
         self.peer = peer
         self.host = host
-        self.bufferSize = getattr(wire.transport, "bufferSize", 65536)
+        self.bufferSize: int = getattr(self.connection, "bufferSize", 65536)
 
     @property
     def disconnecting(self) -> bool:
         """Whether the underlying connection is closing."""
-        return bool(getattr(self.wire.transport, "disconnecting", False))
+        return bool(getattr(self.connection, "disconnecting", False))
 
     def write(self, data: bytes) -> None:
         """Send each complete line as a text frame."""
@@ -116,7 +123,7 @@ class WebSocketChatTransport:
 
     def abortConnection(self) -> None:
         """Drop the connection at once."""
-        self.wire.transport.abortConnection()
+        self.connection.abortConnection()
 
     def getPeer(self) -> IAddress:
         """The browser's address."""
@@ -126,30 +133,28 @@ class WebSocketChatTransport:
         """Our address."""
         return self.host
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         """Watch the TCP transport's buffer (the send-queue limit)."""
-        tcp = self.wire.transport
-        if getattr(tcp, "producer", None) is not None:
-            # The HTTP channel's own registration: after the upgrade it
-            # no longer reads or writes this connection.
-            tcp.unregisterProducer()
-        tcp.registerProducer(producer, streaming)
+        # The HTTP channel's own registration goes first: after the
+        # upgrade it no longer reads or writes this connection.
+        release_http_producer(self.connection)
+        self.connection.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
         """Stop watching the buffer."""
-        self.wire.transport.unregisterProducer()
+        self.connection.unregisterProducer()
 
     def pauseProducing(self) -> None:
         """Stop reading from the browser for a while."""
-        self.wire.transport.pauseProducing()
+        self.connection.pauseProducing()
 
     def resumeProducing(self) -> None:
         """Read from the browser again."""
-        self.wire.transport.resumeProducing()
+        self.connection.resumeProducing()
 
     def stopProducing(self) -> None:
         """Stop reading for good."""
-        self.wire.transport.stopProducing()
+        self.connection.stopProducing()
 
 
 class ChatWebSocket:
@@ -160,39 +165,36 @@ class ChatWebSocket:
     def __init__(self, factory: ChatFactory, request: Request) -> None:
         self.factory = factory
         self.request = request
-        self.wire: Any = None
-        self.chat: Any = None
+        self.wire: WebSocketTransport | None = None
+        self.chat: Protocol | None = None  # a ChatProtocol, or the busy answer
         self._unframed = 0  # bytes received since the last whole message
         self._delivered = False
 
-    def negotiationStarted(self, transport: Any) -> None:
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
         """The upgrade is under way: guard the input and keep the transport."""
         self.wire = transport
-        channel = self.request.channel
         # The upgraded connection is ours: no HTTP idle timeout on it (the
         # chat's own login and idle timeouts apply).
-        channel.setTimeout(None)
-        inner = channel.dataReceived
-        limit = self.factory.config.max_request + FRAMING_SLACK
+        end_http_timeout(self.request)
+        intercept_upgraded_input(self.request, self._guard_input)
 
-        def guarded(data: bytes) -> None:
-            # Twisted buffers a whole message with no size cap: count what
-            # arrives between whole messages and hang up past the limit.
-            if self.chat is not None and self.chat.closing:
-                return
-            self._unframed += len(data)
-            if self._unframed > limit and isinstance(self.chat, ChatProtocol):
-                self.chat.lineLengthExceeded(b"")
-                return
-            self._delivered = False
-            inner(data)
-            if self._delivered:
-                self._unframed = 0
-
-        channel.dataReceived = guarded
+    def _guard_input(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        # Twisted buffers a whole message with no size cap: count what
+        # arrives between whole messages and hang up past the limit.
+        if self.chat is not None and (not isinstance(self.chat, ChatProtocol) or self.chat.closing):
+            return  # closing (a busy answer always is): nothing more is read
+        self._unframed += len(data)
+        if self._unframed > self.factory.config.max_request + FRAMING_SLACK and isinstance(self.chat, ChatProtocol):
+            self.chat.lineLengthExceeded(b"")
+            return
+        self._delivered = False
+        deliver(data)
+        if self._delivered:
+            self._unframed = 0
 
     def negotiationFinished(self) -> None:
         """The WebSocket is open: start a chat connection on it."""
+        assert self.wire is not None  # negotiationStarted came first
         address = self.request.getClientAddress()
         # The HTTP connection under this WebSocket already holds a cap slot.
         chat = self.factory.buildProtocol(address, holds_slot=True)
@@ -394,18 +396,14 @@ class HealthResource(resource.Resource):
         self._failing = False
 
     def store_works(self) -> bool:
-        """Whether the history store can read and write (``check()``; else a read)."""
-        history = self.factory.hub.history
-        check = getattr(history, "check", None)
+        """Whether the history store can read and write (its ``check()``, synchronous)."""
         try:
-            result = check() if callable(check) else history.last_id(LOBBY)
+            self.factory.hub.history.check()
         except Exception as problem:
             if not self._failing:  # once per outage, not once per probe
                 self.log.warn("health: the history store fails: {problem}", problem=str(problem))
             self._failing = True
             return False
-        if isinstance(result, Deferred):
-            result.addErrback(lambda failure: None)  # not waited for: never an unhandled error
         if self._failing:
             self.log.info("health: the history store works again")
         self._failing = False
@@ -465,7 +463,8 @@ class StaticFile(static.File):
         request.setHeader("content-security-policy", _CSP)
         request.setHeader("x-content-type-options", "nosniff")
         request.setHeader("referrer-policy", "no-referrer")
-        return super().render_GET(request)
+        body: bytes | int = super().render_GET(request)
+        return body
 
     render_HEAD = render_GET  # static.File's is its own render_GET, without our headers
 
@@ -501,7 +500,7 @@ class WebRequest(Request):
 
     channel: WebChannel
 
-    def render(self, resrc: Any) -> None:
+    def render(self, resrc: resource.IResource) -> None:
         """Every resource here takes GET and HEAD only: anything else is 405 (or 501)."""
         if self.method in (b"GET", b"HEAD"):
             super().render(resrc)
@@ -521,7 +520,12 @@ class WebRequest(Request):
 
 
 class WebChannel(HTTPChannel):
-    """HTTP/1.1 with a whole-request deadline and a small body cap."""
+    """HTTP/1.1 with a whole-request deadline and a small body cap.
+
+    It overrides HTTPChannel's parsing hooks, which are not documented
+    API: they are listed in :data:`chatd.twisted_compat.HTTP_CHANNEL_HOOKS`
+    and checked against each Twisted by tests/test_twisted_compat.py.
+    """
 
     maxHeaders = MAX_HEADERS
     request_deadline: float | None = REQUEST_DEADLINE
@@ -543,7 +547,8 @@ class WebChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._body_bytes = 0
-        if self.length is not None and self.length > MAX_BODY:
+        length = declared_body_length(self)
+        if length is not None and length > MAX_BODY:
             # Refused before any of it is read (and before "100 Continue").
             self._refuse_body()
             return
@@ -565,20 +570,20 @@ class WebChannel(HTTPChannel):
         self._cancel_deadline()  # the request is whole: answering has no deadline
         super().allContentReceived()
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: Request) -> None:
         # The next request (a keep-alive connection) has its own deadline;
         # armed first, as pipelined data may complete it right away.
         self._arm_deadline()
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
         super().connectionLost(reason)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # A request line or a header line over MAX_LENGTH: say which, and
         # close (Twisted would close without a word).
-        if self.requests:  # the request line was read: a header line
+        if request_line_read(self):  # then it is a header line
             self._refuse(b"431 Request Header Fields Too Large", "Bad request: a header line is too long.")
         else:
             self._refuse(b"414 URI Too Long", "Bad request: the request line is too long.")
@@ -637,12 +642,12 @@ class ChatSite(Site):
 
     protocol = WebChannel  # type: ignore[assignment]  # HTTP/1.1 only (no HTTP/2 upgrade path around the limits)
 
-    def __init__(self, root: resource.Resource, reactor: Any, request_deadline: float | None = REQUEST_DEADLINE) -> None:
+    def __init__(self, root: resource.Resource, reactor: IReactorTime, request_deadline: float | None = REQUEST_DEADLINE) -> None:
         super().__init__(root, requestFactory=WebRequest, parsePOSTFormSubmission=False, reactor=reactor)
         self.request_deadline = request_deadline
         self.displayTracebacks = False
 
-    def buildProtocol(self, addr: IAddress) -> WebChannel:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> WebChannel:  # type: ignore[override]  # protocol is WebChannel: see above
         channel: WebChannel = super().buildProtocol(addr)
         channel.request_deadline = self.request_deadline
         return channel

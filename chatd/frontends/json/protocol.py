@@ -21,7 +21,7 @@ from chatd import __version__, messages
 from chatd.frontends.json.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
 from chatd.stores.history import MAX_PAGE, HistoryError, StoredMessage
 from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
-from chatd.writethrough import writer_for
+from chatd.twisted_compat import writer_for
 from chatd.core.hub import DEFAULT_ROOM
 from chatd.core.rooms import Delivery, Draft
 from chatd.frontends.json.encoding import delivery_lines, delivery_payloads, encode_message, message_response

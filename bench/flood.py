@@ -95,17 +95,18 @@ def request_line(request: str, content: Any = None) -> bytes:
     return json.dumps({"request": request, "content": content}).encode() + b"\n"
 
 
-def read_until(sock: socket.socket, marker: bytes, timeout: float = STEP_TIMEOUT) -> bytes:
-    """Read from a blocking ``sock`` until ``marker`` arrived (bounded)."""
+def read_until(sock: socket.socket, marker: bytes, timeout: float = STEP_TIMEOUT, count: int = 1) -> bytes:
+    """Read from a blocking ``sock`` until ``marker`` arrived ``count``
+    times (bounded by ``timeout``)."""
     sock.settimeout(timeout)
     data = b""
     end = time.monotonic() + timeout
-    while marker not in data:
+    while data.count(marker) < count:
         if time.monotonic() > end:
-            raise RuntimeError(f"no {marker!r} within {timeout:g} s; got {data[-300:]!r}")
+            raise RuntimeError(f"{data.count(marker)} of {count} {marker!r} within {timeout:g} s; got {data[-300:]!r}")
         chunk = sock.recv(65536)
         if not chunk:
-            raise RuntimeError(f"server closed before {marker!r}; got {data[-300:]!r}")
+            raise RuntimeError(f"server closed before {count} {marker!r}; got {data[-300:]!r}")
         data += chunk
     return data
 
@@ -228,15 +229,7 @@ def seed(port: int, count: int) -> None:
         sock = log_in(port, f"seed{sender}")
         number = min(SEED_BURST, count - sender)
         sock.sendall(b"".join(request_line("msg", f"seed message {sender + n}: " + "s" * 60) for n in range(number)))
-        data = b""
-        end = time.monotonic() + STEP_TIMEOUT
-        while data.count(b'"response": "message"') < number:
-            if time.monotonic() > end:
-                raise RuntimeError(f"seeding: {data.count(b'message')} of {number} echoes; {data[-300:]!r}")
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError(f"seeding: the server closed the connection: {data[-300:]!r}")
-            data += chunk
+        read_until(sock, b'"response": "message"', count=number)
         sock.close()
 
 

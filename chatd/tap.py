@@ -19,6 +19,7 @@ from chatd.logs import json_observer
 from chatd.stores.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
 from chatd.core.hub import Hub
 from chatd.server import ChatFactory, HistoryService, ServerConfig, ShutdownService
+from chatd.twisted_compat import forget_exit_signal
 
 DEFAULT_PORT = 9998
 
@@ -69,7 +70,7 @@ def _framing(value: str) -> str:
 
 
 def _cluster_url(value: str) -> str:
-    from chatd.cluster.hub import parse_url
+    from chatd.cluster.link import parse_url
 
     try:
         parse_url(value)
@@ -240,21 +241,21 @@ class ChatService(service.MultiService):
     containers), so a stop they caused is a clean exit with status 0.
     """
 
-    def __init__(self, reactor: Any, log_observer: Any = None) -> None:
+    def __init__(self, reactor: object, log_observer: ILogObserver | None = None) -> None:
         super().__init__()
         self._reactor = reactor
         self._log_observer = log_observer
 
-    def setServiceParent(self, parent: Any) -> None:
+    def setServiceParent(self, parent: service.IServiceCollection) -> None:
         # twistd starts logging with the application's ILogObserver
         # component, if it has one: that is how --log-format json applies.
-        if self._log_observer is not None and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, self._log_observer)
+        set_component = getattr(parent, "setComponent", None)
+        if self._log_observer is not None and set_component is not None:
+            set_component(ILogObserver, self._log_observer)
         super().setServiceParent(parent)
 
-    def stopService(self) -> Any:
-        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self._reactor._exitSignal = None
+    def stopService(self) -> Any:  # Any: MultiService's result (a Deferred), unannotated in Twisted
+        forget_exit_signal(self._reactor, (signal.SIGTERM, signal.SIGINT))
         return super().stopService()
 
 
@@ -265,9 +266,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = global_reactor
     if options["cluster"]:
-        from chatd.cluster.hub import ClusterHub, ClusterService
+        from chatd.cluster.node import ClusterService, cluster_hub
 
-        hub: Hub = ClusterHub(reactor, options["cluster"], max_message=options["max-message"])
+        hub = cluster_hub(reactor, options["cluster"], max_message=options["max-message"])
     else:
         hub = Hub.local(reactor, open_history(options), max_message=options["max-message"])
     factory = ChatFactory(hub, options.config(), reactor)
@@ -279,7 +280,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # then history stored and closed.
     HistoryService(hub, options["history-retention"] or Retention(), reactor).setServiceParent(top)
     if options["cluster"]:
-        ClusterService(hub, reactor).setServiceParent(top)  # type: ignore[arg-type]
+        ClusterService(hub, reactor).setServiceParent(top)
     ShutdownService(factory).setServiceParent(top)
     for endpoint in options["endpoints"]:
         try:

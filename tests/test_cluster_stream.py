@@ -1,9 +1,10 @@
 """The cluster's read loop against stream entries it did not write.
 
-In memory: a :class:`ClusterHub` whose two Redis links are fakes that
-answer from the test, so every reply (well-formed or not) is crafted and
-the clock is a :class:`Clock`.  The end-to-end counterparts (a real
-redis-server, real nodes) are at the end of this file.
+In memory: a hub on the cluster's parts whose two Redis links are fakes
+that answer from the test (:class:`tests.cluster_fakes.FakeLink`), so
+every reply (well-formed or not) is crafted and the clock is a
+:class:`Clock`.  The end-to-end counterparts (a real redis-server, real
+nodes) are at the end of this file.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
-from chatd.cluster.hub import PUBLISH, REPAIR, ClusterHub
-from chatd.stores.history import HistoryError, StoredMessage
+from chatd.cluster.bus import RedisBus
+from chatd.cluster.node import hub_on_links
+from chatd.cluster.scripts import PUBLISH, REPAIR
+from chatd.core.hub import DEFAULT_ROOM, Hub
+from chatd.core.rooms import Delivery
+from chatd.interfaces import ISession
+from chatd.stores.history import HistoryError
+from tests.cluster_fakes import WAIT, FakeLink
 from tests.e2e import LinesClient
 from tests.test_cluster import RedisTestCase, login_at
 
@@ -26,32 +34,9 @@ PRESENCE = "chatd:presence:#lobby"
 TS = "2025-11-24T16:00:00.000Z"
 
 
-class FakeLink:
-    """A Redis link whose replies come from ``answer`` (or wait, for XREAD)."""
-
-    def __init__(self, answer: Callable[[tuple[Any, ...]], Any]) -> None:
-        self.connected = True
-        self.answer = answer
-        self.calls: list[tuple[Any, ...]] = []
-        self.waiting: list[Deferred[Any]] = []
-
-    def call(self, *args: Any) -> Deferred[Any]:
-        self.calls.append(args)
-        reply = self.answer(args)
-        if reply is WAIT:
-            d: Deferred[Any] = Deferred()
-            self.waiting.append(d)
-            return d
-        if isinstance(reply, Exception):
-            return fail(reply)
-        return succeed(reply)
-
-
-WAIT = object()
-
-
+@implementer(ISession)
 class Member:
-    """A logged-in member that records what it is told."""
+    """A logged-in session that records what it is told."""
 
     def __init__(self, name: str, explode: bool = False) -> None:
         self.name: str | None = name
@@ -60,19 +45,10 @@ class Member:
         self.presences: list[tuple[str, str]] = []
         self.explode = explode
 
-    def deliver(self, message: StoredMessage) -> None:
-        self.got.append((message.id, message.text))
-
-    def deliver_many(self, batch: list[StoredMessage], lines: bytes) -> None:
+    def deliver(self, delivery: Delivery) -> None:
         if self.explode:
             raise RuntimeError("a member that fails to take a batch")
-        self.got.extend((message.id, message.text) for message in batch)
-
-    def deliver_own(self, message: StoredMessage, ref: object) -> None:
-        self.got.append((message.id, message.text))
-
-    def message_failed(self, message: StoredMessage, ref: object) -> None:
-        self.failed.append(ref)
+        self.got.extend((message.id, message.text) for message in delivery.messages)
 
     def presence(self, user: str, status: str, room: str) -> None:
         self.presences.append((user, status))
@@ -81,12 +57,15 @@ class Member:
         pass
 
 
-def fake_hub(clock: MemoryReactorClock, answer: Callable[[tuple[Any, ...]], Any], **kw: Any) -> ClusterHub:
+def fake_hub(clock: MemoryReactorClock, answer: Callable[[tuple[Any, ...]], Any], **kw: Any) -> Hub:
     """A clustered hub whose commands get ``answer`` and whose XREADs wait."""
-    hub = ClusterHub(clock, "redis://127.0.0.1:1/0", **kw)
-    hub.commands = FakeLink(answer)  # type: ignore[assignment]
-    hub.reader = FakeLink(lambda args: WAIT)  # type: ignore[assignment]
-    return hub
+    return hub_on_links(clock, FakeLink(answer), FakeLink(lambda args: WAIT), **kw)
+
+
+def bus_of(hub: Hub) -> RedisBus:
+    """The hub's Redis bus."""
+    assert isinstance(hub.bus, RedisBus)
+    return hub.bus
 
 
 def fields(sender: Any = "bob", text: Any = "hi", ts: Any = TS, **extra: Any) -> list[Any]:
@@ -133,17 +112,25 @@ class ReadLoopTests(SynchronousTestCase):
         self.seq = "0"
         self.history: list[Any] = []
         self.hub = fake_hub(self.clock, self.command, max_message=100)
+        self.bus = bus_of(self.hub)
         self.events: list[dict[str, Any]] = []
-        self.hub.log = Logger(observer=self.events.append)  # type: ignore[misc]
+        self.bus.log = Logger(observer=self.events.append)  # type: ignore[arg-type]  # a plain function observes
+        self.bus.skips.log = Logger(observer=self.events.append)  # type: ignore[arg-type]  # a plain function observes
         self.members = [Member("alice"), Member("carol")]
         for member in self.members:
-            self.hub._members[member.name.lower()] = member  # type: ignore[union-attr,arg-type]
-        self.hub._read()  # finds its start (the repair's sequence), then XREAD
+            self.hub.lobby.add(member)
+        self.bus.start()  # finds its start (the repair's sequence), then XREAD
         self.clock.advance(0)
         self.assertEqual(len(self.reader.waiting), 1)
 
     def tearDown(self) -> None:
-        self.hub._stopped = True
+        self.bus.stop()
+
+    def rewind(self) -> None:
+        """Back to the start of the stream (as if nothing was delivered)."""
+        room = self.bus._rooms[DEFAULT_ROOM]
+        room.last_delivered = 0
+        room.position = "0-0"
 
     def command(self, args: tuple[Any, ...]) -> Any:
         if args[:2] == ("EVAL", REPAIR):
@@ -156,11 +143,11 @@ class ReadLoopTests(SynchronousTestCase):
 
     @property
     def reader(self) -> FakeLink:
-        return self.hub.reader  # type: ignore[return-value]
+        return self.bus.reader  # type: ignore[return-value]
 
     @property
     def commands(self) -> FakeLink:
-        return self.hub.commands  # type: ignore[return-value]
+        return self.bus.commands  # type: ignore[return-value]
 
     def reply(self, reply: Any) -> None:
         """Answer the pending XREAD with ``reply``, then let the loop turn."""
@@ -186,21 +173,20 @@ class ReadLoopTests(SynchronousTestCase):
     def test_each_bad_entry_is_skipped_and_the_next_message_delivered(self) -> None:
         for reason, bad in BAD_ENTRIES.items():
             with self.subTest(reason):
-                self.hub.last_delivered = 0
-                self.hub._last_stream_id = "0-0"
+                self.rewind()
                 for member in self.members:
                     member.got.clear()
                 self.reply(self.stream(bad, entry("2-1", text="after")))
                 self.assert_reading()
                 for member in self.members:
                     self.assertEqual(member.got, [(2, "after")], reason)
-                self.assertEqual(self.hub.last_delivered, 2)
+                self.assertEqual(self.bus.last_delivered(), 2)
                 self.assertEqual(self.position(), "2-1")
 
     def test_a_skipped_entry_is_logged_once(self) -> None:
         bad = entry("1-1", sender=None)
         self.reply(self.stream(bad))
-        self.hub._last_stream_id = "0-0"
+        self.bus._rooms[DEFAULT_ROOM].position = "0-0"
         self.reply(self.stream(bad))
         self.assertEqual(len(self.skipped()), 1)
         self.assertIn("sender", self.skipped()[0]["problem"])
@@ -208,7 +194,7 @@ class ReadLoopTests(SynchronousTestCase):
     def test_skipped_log_is_bounded(self) -> None:
         for n in range(1, 1100):
             self.reply(self.stream(entry(f"{n}-1", sender=None)))
-        self.assertEqual(len(self.hub._reported), 1024)
+        self.assertEqual(len(self.bus.skips), 1024)
         self.assertEqual(self.position(), "1099-1")
 
     def test_clock_id_neither_delivered_nor_moves_ids(self) -> None:
@@ -219,7 +205,7 @@ class ReadLoopTests(SynchronousTestCase):
         self.assertEqual(self.commands.calls[-1][:2], ("EVAL", REPAIR))
         self.assert_reading()
         self.assertEqual(self.position(), "0-0")
-        self.assertEqual(self.hub.last_delivered, 0)
+        self.assertEqual(self.bus.last_delivered(), 0)
         self.reply(self.stream(entry("1-1", text="first")))
         self.assertEqual(self.members[0].got, [(1, "first")])
         self.assertEqual(self.position(), "1-1")
@@ -259,7 +245,7 @@ class ReadLoopTests(SynchronousTestCase):
             delays.append(self.clock.seconds() - before)
         self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 5.0, 5.0])
         self.reply(self.stream(entry("1-1")))  # success resets the delay
-        self.assertEqual(self.hub._retry, 0.5)
+        self.assertEqual(self.bus._retry, 0.5)
 
     def test_failing_repair_is_retried(self) -> None:
         self.commands.answer = lambda args: ConnectionError("gone") if args[1] == REPAIR else "OK"
@@ -268,7 +254,7 @@ class ReadLoopTests(SynchronousTestCase):
         self.assertEqual(self.position(), "0-0")
 
     def test_failing_member_does_not_stop_the_loop(self) -> None:
-        self.hub._members["dave"] = Member("dave", explode=True)
+        self.hub.lobby.add(Member("dave", explode=True))
         self.reply(self.stream(entry("1-1")))
         self.assert_reading()
         self.reply(self.stream(entry("2-1")))
@@ -278,8 +264,12 @@ class ReadLoopTests(SynchronousTestCase):
     def post(self, member: Member, text: str) -> list[str]:
         """``member`` posts ``text``; returns a list that fills once it is answered."""
         done: list[str] = []
-        self.hub.post(member, text, ref="r1")  # type: ignore[arg-type]
-        self.hub.after_flush(lambda: done.append("answered"), member)  # type: ignore[arg-type]
+        draft = self.hub.post(member, text)
+
+        def failed(failure: Failure) -> None:
+            member.failed.append("r1")
+
+        draft.stored.addErrback(failed).addBoth(lambda _: done.append("answered"))
         self.clock.advance(0)  # published
         return done
 
@@ -289,7 +279,7 @@ class ReadLoopTests(SynchronousTestCase):
         token = self.commands.calls[-1][-1]
         self.reply(self.stream(entry("1764000000000-0", sender=None)))
         self.assertEqual(done, [])
-        self.reply(self.stream(entry("1-1", text="mine", node=self.hub.node, token=token)))
+        self.reply(self.stream(entry("1-1", text="mine", node=self.bus.node, token=token)))
         self.assertEqual(done, ["answered"])
         self.assertEqual(sender.got, [(1, "mine")])
 
@@ -297,15 +287,15 @@ class ReadLoopTests(SynchronousTestCase):
         sender = self.members[0]
         done = self.post(sender, "mine")
         token = self.commands.calls[-1][-1]
-        self.reply(self.stream(entry("1-1", text=b"\xff", node=self.hub.node, token=token)))
+        self.reply(self.stream(entry("1-1", text=b"\xff", node=self.bus.node, token=token)))
         self.assertEqual((done, sender.failed), (["answered"], ["r1"]))
 
     def test_sender_answered_even_if_fan_out_fails(self) -> None:
         sender = self.members[0]
-        self.hub._members["dave"] = Member("dave", explode=True)
+        self.hub.lobby.add(Member("dave", explode=True))
         done = self.post(sender, "mine")
         token = self.commands.calls[-1][-1]
-        self.reply(self.stream(entry("1-1", text="mine", node=self.hub.node, token=token)))
+        self.reply(self.stream(entry("1-1", text="mine", node=self.bus.node, token=token)))
         self.assertEqual(done, ["answered"])
 
     def test_bad_presence_skipped(self) -> None:
@@ -321,35 +311,37 @@ class ReadLoopTests(SynchronousTestCase):
         # The start is the repair's sequence, not the stream's newest id
         # (the old code took "1764000000000-0" and never delivered again).
         hub = fake_hub(self.clock, lambda args: "7" if args[1] == REPAIR else [["9-0", ["user", "x"]]])
-        hub._read()
+        bus = bus_of(hub)
+        bus.start()
         self.clock.advance(0)
-        xread = hub.reader.calls[-1]  # type: ignore[attr-defined]
-        self.assertEqual((hub.last_delivered, xread[-2:]), (7, ("7-1", "9-0")))
-        hub._stopped = True
+        xread = bus.reader.calls[-1]  # type: ignore[attr-defined]
+        self.assertEqual((bus.last_delivered(), xread[-2:]), (7, ("7-1", "9-0")))
+        bus.stop()
 
     def test_bad_start_reply_is_retried(self) -> None:
         hub = fake_hub(self.clock, lambda args: None)
-        hub.log = Logger(observer=lambda event: None)  # type: ignore[misc]
-        hub._read()
+        bus = bus_of(hub)
+        bus.log = Logger(observer=lambda event: None)  # type: ignore[arg-type]  # a plain function observes
+        bus.start()
         self.clock.advance(0)
-        self.assertIsNone(hub._last_stream_id)
-        hub.commands = FakeLink(lambda args: "3" if args[1] == REPAIR else [])  # type: ignore[assignment]
+        self.assertIsNone(bus.position())
+        bus.commands.answer = lambda args: "3" if args[1] == REPAIR else []  # type: ignore[attr-defined]
         self.clock.advance(0.5)
-        self.assertEqual(hub._last_stream_id, "3-1")
-        hub._stopped = True
+        self.assertEqual(bus.position(), "3-1")
+        bus.stop()
 
     def test_history_skips_bad_entries(self) -> None:
         good = [entry(f"{n}-1", text=f"m{n}") for n in (1, 3, 5)]
         self.history = [good[0], *BAD_ENTRIES.values(), good[1], entry("1764000000000-0"), good[2]]
         recent: list[Any] = []
         self.history.reverse()  # XREVRANGE: newest first
-        self.hub.recent(None).addCallback(recent.append)
+        self.hub.recent(DEFAULT_ROOM, None).addCallback(recent.append)
         self.assertEqual([message.id for message in recent[0]], [1, 3, 5])
         page: list[Any] = []
-        self.hub.page(None, None, 50).addCallback(page.append)
+        self.hub.page(DEFAULT_ROOM, None, None, 50).addCallback(page.append)
         self.assertEqual([message.id for message in page[0][0]], [1, 3, 5])
         self.history.reverse()  # XRANGE: oldest first
-        self.hub.page(None, 0, 50).addCallback(page.append)
+        self.hub.page(DEFAULT_ROOM, None, 0, 50).addCallback(page.append)
         self.assertEqual([message.id for message in page[1][0]], [1, 3, 5])
 
     def test_health_check(self) -> None:

@@ -1,0 +1,164 @@
+"""Reading stream entries that anyone with access to Redis may have written.
+
+Only :data:`chatd.cluster.scripts.PUBLISH` gives message ids.  Anything
+else in a stream (an entry added by hand, with a clock id like
+``1764000000000-0``, without ``sender``, with text that is not UTF-8 or
+longer than ``--max-message``) is :class:`BadEntry`: skipped by every
+reader and by history, and logged once (:class:`SkipLog`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
+
+from twisted.logger import Logger
+
+from chatd.core.hub import Hub, clean_text
+from chatd.messages import ChatError
+from chatd.stores.history import StoredMessage
+
+#: The largest id a stream entry may carry (15 digits): Lua formats and
+#: compares such numbers exactly, and JavaScript clients read them exactly.
+MAX_ID = 10**15 - 1
+#: The longest value of a stream field other than ``text`` (characters).
+MAX_FIELD = 200
+#: The most fields a stream entry may have.
+MAX_FIELDS = 16
+#: How many skipped entries are remembered, so that each is logged once.
+MAX_REPORTED = 1024
+
+
+class BadEntry(ValueError):
+    """A stream entry (or reply) that PUBLISH did not write as it writes entries."""
+
+
+_SCRIPT_ID = re.compile(r"([1-9][0-9]{0,14})-1")
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_SEQUENCE = re.compile(r"[0-9]{1,15}")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def script_id(stream_id: Any) -> int | None:
+    """The message id of a stream id of PUBLISH's form ``<n>-1``, else None."""
+    if not isinstance(stream_id, str):
+        return None
+    match = _SCRIPT_ID.fullmatch(stream_id)
+    return int(match.group(1)) if match else None
+
+
+def id_order(stream_id: Any) -> tuple[int, int] | None:
+    """A stream id as a tuple that sorts like Redis sorts ids (None if not one)."""
+    match = _STREAM_ID.fullmatch(stream_id) if isinstance(stream_id, str) else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def entry_id(entry: Any) -> Any:
+    """The first item of an entry that is a pair (its stream id if well formed), else None."""
+    return entry[0] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+
+
+def sequence(reply: Any) -> int:
+    """The sequence the repair script returned (a string of digits)."""
+    if isinstance(reply, str) and _SEQUENCE.fullmatch(reply):
+        return int(reply)
+    if isinstance(reply, int) and 0 <= reply <= MAX_ID:
+        return reply
+    raise BadEntry(f"the repair replied {reply!r:.60} instead of a sequence")
+
+
+def entry_fields(entry: Any) -> tuple[str, dict[str, str]]:
+    """A stream entry ``[id, [field, value, ...]]`` as (id, fields).
+
+    Raises :class:`BadEntry` for any other shape, a field that is not
+    UTF-8 (txredisapi gives it as bytes) or a field other than ``text``
+    longer than :data:`MAX_FIELD`.
+    """
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise BadEntry("not an [id, fields] pair")
+    stream_id, raw = entry
+    if not isinstance(stream_id, str) or len(stream_id) > 41:
+        raise BadEntry("its id is not a stream id")
+    if not isinstance(raw, (list, tuple)) or len(raw) % 2 or len(raw) > 2 * MAX_FIELDS:
+        raise BadEntry("its fields are not field/value pairs")
+    if not all(isinstance(item, str) for item in raw):
+        raise BadEntry("a field is not UTF-8 text")
+    fields = dict(zip(raw[::2], raw[1::2]))
+    for name, value in fields.items():
+        if len(name) > MAX_FIELD or (name != "text" and len(value) > MAX_FIELD):
+            raise BadEntry(f"field {name[:20]!r} is too long")
+    return stream_id, fields
+
+
+def lenient_fields(entry: Any) -> dict[str, Any]:
+    """The fields of an entry that may be bad in any way, read leniently
+    (only its text-named fields; nothing raises)."""
+    raw = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], (list, tuple)) else []
+    return {name: value for name, value in zip(raw[::2], raw[1::2]) if isinstance(name, str)}
+
+
+def _check_user(name: str, field: str) -> None:
+    try:
+        Hub.check_name(name)
+    except ChatError:
+        raise BadEntry(f"its {field} is not a valid user name") from None
+
+
+def parse_message(room: str, entry: Any, max_text: int) -> tuple[StoredMessage, str, str]:
+    """A stream entry as (message, publishing node, token).
+
+    Raises :class:`BadEntry` unless the entry is one PUBLISH could have
+    written: an id ``<n>-1``, a valid sender, a text of at most
+    ``max_text`` characters, a protocol timestamp.
+    """
+    stream_id, fields = entry_fields(entry)
+    message_id = script_id(stream_id)
+    if message_id is None:
+        raise BadEntry("its id is not of the form <n>-1 that the publishing script gives")
+    sender, text, timestamp = fields.get("sender"), fields.get("text"), fields.get("ts")
+    if sender is None or text is None or timestamp is None:
+        raise BadEntry("sender, text or ts is missing")
+    _check_user(sender, "sender")
+    if not text.strip() or len(text) > max_text or clean_text(text) != text:
+        raise BadEntry(f"its text is empty, has control characters or is over {max_text} characters")
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise BadEntry("its ts is not a protocol timestamp")
+    message = StoredMessage(message_id, room, sender, text, timestamp)
+    return message, fields.get("node", ""), fields.get("token", "")
+
+
+def parse_presence(entry: Any) -> tuple[str, str, str]:
+    """(user, status, node) of a presence entry, or :class:`BadEntry`."""
+    _id, fields = entry_fields(entry)
+    user, status, node = fields.get("user", ""), fields.get("status", ""), fields.get("node", "")
+    _check_user(user, "user")
+    if status not in ("online", "offline"):
+        raise BadEntry("its status is neither online nor offline")
+    return user, status, node
+
+
+class SkipLog:
+    """Logs each skipped entry once (the last :data:`MAX_REPORTED` are
+    remembered), shared by a node's read loop and its history reads."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.reported: OrderedDict[str, None] = OrderedDict()
+
+    def skip(self, stream: str, stream_id: Any, problem: Exception) -> None:
+        """Log that entry ``stream_id`` of ``stream`` is skipped, unless it was already."""
+        key = f"{stream} {stream_id!r:.60}"
+        if key in self.reported:
+            return
+        self.reported[key] = None
+        if len(self.reported) > MAX_REPORTED:
+            self.reported.popitem(last=False)
+        self.log.warn(
+            "skipping entry {id} of {stream}: {problem}",
+            id=f"{stream_id!r:.60}", stream=stream, problem=str(problem)[:200],
+        )
+
+    def __len__(self) -> int:
+        return len(self.reported)

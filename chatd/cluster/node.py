@@ -1,0 +1,107 @@
+"""A clustered node: the one :class:`~chatd.core.hub.Hub` on Redis parts.
+
+:func:`cluster_hub` builds it (``--cluster redis://...``):
+:class:`~chatd.cluster.names.RedisNames`, :class:`~chatd.cluster.bus.RedisBus`
+and :class:`~chatd.cluster.history.RedisHistory` over two
+:class:`~chatd.cluster.link.RedisLink` s (commands, and the blocking
+reader); :class:`ClusterService` connects them, runs the read loop and
+the names' heartbeat, and on stop gives the names up and disconnects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from chatd.cluster.bus import RedisBus
+from chatd.cluster.entries import SkipLog
+from chatd.cluster.history import RedisHistory
+from chatd.cluster.link import Link, RedisLink
+from chatd.cluster.names import HEARTBEAT, RedisNames
+from chatd.core.hub import Hub
+from chatd.metrics import Metrics
+
+
+def new_node_id() -> str:
+    """A node's name in Redis (in name values and stream entries)."""
+    return uuid.uuid4().hex[:12]
+
+
+def hub_on_links(
+    clock: IReactorTime,
+    commands: Link,
+    reader: Link,
+    max_message: int = 2000,
+    metrics: Metrics | None = None,
+    node: str | None = None,
+) -> Hub:
+    """A hub whose names, bus and history are in the Redis behind the
+    two links (real ones, or a test's)."""
+    node = node if node is not None else new_node_id()
+    metrics = metrics if metrics is not None else Metrics()
+    skips = SkipLog()  # one per node: the read loop's and history's skips are logged once
+    bus = RedisBus(clock, commands, reader, node, max_message, metrics, skips)
+    names = RedisNames(commands, node, when_ready=bus.when_ready)
+    history = RedisHistory(commands, max_message, skips)
+    return Hub(clock, history, names, bus, max_message=max_message, metrics=metrics)
+
+
+def cluster_hub(reactor: Any, url: str, max_message: int = 2000, metrics: Metrics | None = None) -> Hub:
+    """A hub that is one node of the cluster on the Redis at ``url``
+    (``redis://HOST:PORT/DB``); nothing connects before
+    :class:`ClusterService` starts."""
+    commands, reader = RedisLink.pair(reactor, url)
+    return hub_on_links(reactor, commands, reader, max_message, metrics)
+
+
+class ClusterService(MultiService):
+    """Runs a clustered hub: its links, read loop and heartbeat."""
+
+    log = Logger()
+
+    def __init__(self, hub: Hub, clock: IReactorTime) -> None:
+        super().__init__()
+        if not isinstance(hub.bus, RedisBus) or not isinstance(hub.registry, RedisNames):
+            raise TypeError("ClusterService runs a hub built by cluster_hub()")
+        self.bus: RedisBus = hub.bus
+        self.names: RedisNames = hub.registry
+        heartbeat = TimerService(HEARTBEAT, self._beat)
+        heartbeat.clock = clock
+        heartbeat.setServiceParent(self)
+
+    def _beat(self) -> None:
+        # A TimerService stops for good at the first exception: log it
+        # and keep beating, or every name here would expire.
+        try:
+            self.names.heartbeat()
+        except Exception:
+            self.log.failure("the names' heartbeat failed")
+
+    @property
+    def links(self) -> list[Link]:
+        """The node's Redis links (the names share the bus's commands)."""
+        links: list[Link] = [self.bus.commands, self.bus.reader]
+        if all(link is not self.names.link for link in links):
+            links.append(self.names.link)
+        return links
+
+    def startService(self) -> None:
+        """Connect, start reading (the start first), and beat."""
+        for link in self.links:
+            link.start()
+        self.bus.start()
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop beating and reading, give our names up, disconnect."""
+        stopped: Deferred[Any] = super().stopService()
+        self.bus.stop()
+        stopped.addBoth(lambda _: self.names.release_all())
+        stopped.addBoth(lambda _: DeferredList([link.stop() for link in self.links], consumeErrors=True))
+        return stopped.addErrback(lambda failure: None)

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from chatd.frontends.json.framing import Decoded
 from chatd.stores.history import HistoryError, MemoryHistory, StoredMessage
 from chatd.core.limits import FloodMeter, RequestBudget, SendQueueMeter, TokenBucket
-from chatd.frontends.json.protocol import CLOSE_GRACE, MAX_REQUESTS_PER_TURN, request_cost
+from chatd.core.session import CLOSE_GRACE, MAX_REQUESTS_PER_TURN
+from chatd.frontends.json.protocol import request_cost
 
 from tests.support import FakeClient, RecordingTransport, make_factory, names_of, stored, rebuild_hub
 from tests.test_protocol import ProtocolTestCase

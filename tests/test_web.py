@@ -19,9 +19,9 @@ from chatd.frontends.site import (
     MetricsResource,
     OriginCheckedWebSocketResource,
     OriginPolicy,
-    WebSocketChatTransport,
     listen_address,
 )
+from chatd.frontends.websocket import FrameOutput, WebSocketWire
 
 from tests.e2e import can_connect, DEADLINE, LinesClient, ServerProcess, free_port, wait_for
 from tests.support import FakeClient, make_factory
@@ -42,21 +42,31 @@ class FakeWire:
         self.closed = True
 
 
-class AdapterTests(SynchronousTestCase):
-    def test_each_line_is_one_frame(self) -> None:
+class WireTests(SynchronousTestCase):
+    def test_each_response_is_one_frame(self) -> None:
         wire = FakeWire()
-        transport = WebSocketChatTransport(wire, IPv4Address("TCP", "127.0.0.1", 1), IPv4Address("TCP", "127.0.0.1", 2))
-        transport.write(b'{"a": 1}\n{"b": 2}\n')
-        transport.write(b'{"c": 3}\n')
+        output = FrameOutput(WebSocketWire(wire).send_frame)  # type: ignore[arg-type]  # a fake wire
+        output.send(b'{"a": 1}')
+        output.send(b'{"b": 2}')
+        output.send(b'{"c": 3}')
         self.assertEqual(wire.frames, ['{"a": 1}', '{"b": 2}', '{"c": 3}'])
 
     def test_producer_replaces_the_http_channel(self) -> None:
         wire = FakeWire()
         wire.transport.registerProducer(object(), True)  # the HTTP channel's
-        transport = WebSocketChatTransport(wire, IPv4Address("TCP", "127.0.0.1", 1), IPv4Address("TCP", "127.0.0.1", 2))
+        transport = WebSocketWire(wire)  # type: ignore[arg-type]  # a fake wire
         meter = object()
-        transport.registerProducer(meter, True)
+        transport.registerProducer(meter, True)  # type: ignore[arg-type]  # any producer
         self.assertIs(wire.transport.producer, meter)
+
+    def test_close_sends_a_close_frame_and_abort_drops_the_connection(self) -> None:
+        wire = FakeWire()
+        transport = WebSocketWire(wire)  # type: ignore[arg-type]  # a fake wire
+        transport.loseConnection()
+        self.assertTrue(wire.closed)
+        self.assertFalse(wire.transport.disconnecting)
+        transport.abortConnection()
+        self.assertTrue(wire.transport.disconnecting)
 
 
 def get(resource: Any, path: bytes = b"/", headers: dict[bytes, bytes] | None = None) -> tuple[int, bytes, DummyRequest]:

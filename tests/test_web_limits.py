@@ -9,6 +9,7 @@ Each connection is the real listening factory (``make_web``) over a
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any
 
@@ -426,3 +427,89 @@ class FuzzTests(WebTestCase):
         self.assertEqual(serious, [])
         connection.lose()
         self.assertEqual((self.factory.caps.total, self.factory.connections), (0, 0))
+
+
+# -- the WebSocket front-end, in memory ------------------------------------
+
+
+def client_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """One masked (client to server) WebSocket frame."""
+    mask = b"\x01\x02\x03\x04"
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The ``(opcode, payload)`` of each server frame after the 101 response."""
+    data = data.partition(b"\r\n\r\n")[2]
+    frames = []
+    while data:
+        opcode, size = data[0] & 0x0F, data[1] & 0x7F
+        start = 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(data[2:10], "big"), 10
+        frames.append((opcode, data[start : start + size]))
+        data = data[start + size :]
+    return frames
+
+
+class WebSocketFrontEndTests(WebTestCase):
+    """The WebSocket front-end's own wire: frames in, one frame per response out."""
+
+    config = {"max_request": 200}
+
+    def open(self) -> WebConnection:
+        connection = self.connect()
+        connection.send(UPGRADE)
+        self.assertEqual(status(connection.output()), 101)
+        return connection
+
+    def texts(self, connection: WebConnection) -> list[dict[str, Any]]:
+        return [json.loads(payload) for opcode, payload in server_frames(connection.output()) if opcode == 1]
+
+    def test_each_response_is_one_text_frame(self) -> None:
+        connection = self.open()
+        connection.send(client_frame(b'{"request": "login", "content": "web"}'))
+        self.pump()
+        connection.send(client_frame(b'{"request": "msg", "content": "hi", "ref": 7}'))
+        self.pump()
+        responses = self.texts(connection)
+        self.assertEqual([r["response"] for r in responses], ["info", "history", "message"])
+        self.assertEqual((responses[2]["content"], responses[2]["ref"]), ("hi", 7))
+        self.assertEqual(self.factory.connections, 1)
+        self.assertEqual([p.transport_kind for p in self.factory.protocols], ["websocket"])
+
+    def test_bad_frames_are_answered(self) -> None:
+        connection = self.open()
+        connection.send(client_frame(b"not json"))
+        connection.send(client_frame(b"\x00\x01", opcode=2))
+        connection.send(client_frame(b'{"request": "help"'))  # cut at the frame's end
+        connection.send(client_frame(b', "content": null}'))  # not its continuation
+        self.pump()
+        codes = [r.get("code") for r in self.texts(connection)]
+        self.assertEqual(codes, ["bad_json", "bad_json", "bad_json", "bad_json"])
+        self.assertFalse(connection.closing)
+
+    def test_too_long_frame_then_close(self) -> None:
+        connection = self.open()
+        connection.send(client_frame(json.dumps({"request": "msg", "content": "x" * 300}).encode()))
+        self.pump()
+        self.assertEqual([r["code"] for r in self.texts(connection)], ["too_long"])
+        self.assertEqual(server_frames(connection.output())[-1][0], 8)  # a close frame
+        self.assertTrue(connection.closing)
+
+    def test_shutdown_aborts_a_websocket_that_lingers(self) -> None:
+        connection = self.open()
+        self.factory.shut_down(grace=3)
+        self.assertEqual(self.texts(connection)[-1]["content"], "Server shutting down")
+        connection.transport.disconnecting = False  # the peer never answers the close
+        self.clock.advance(3)
+        self.assertTrue(connection.transport.disconnecting)

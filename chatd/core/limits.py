@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
 
 class TokenBucket:
     """A token bucket: ``burst`` tokens, refilled at ``rate`` per second.
@@ -117,6 +120,7 @@ class RequestBudget(TokenBucket):
         return max(0.0, queued_cost - self.balance) / self.rate
 
 
+@implementer(IPushProducer)
 class SendQueueMeter:
     """How much output a connection holds unsent, from the producer API.
 

@@ -3,10 +3,10 @@
 ``--web tcp:8080`` serves, with ``twisted.web``:
 
 - ``/ws``: the chat over WebSocket, one JSON object per text frame, on the
-  same hub as TCP (v1 semantics until ``hello``, v2 after).  Each
-  WebSocket connection is a :class:`~chatd.frontends.json.protocol.ChatProtocol` behind a
-  small transport adapter, so every rule and limit is the same as on TCP.
-  The Origin is checked before the upgrade (see :class:`OriginPolicy`);
+  same hub as TCP (v1 semantics until ``hello``, v2 after): the WebSocket
+  front-end, :mod:`chatd.frontends.websocket`, a JSON session on a wire
+  of its own, so every rule and limit is the same as on TCP.  The Origin
+  is checked here, before the upgrade (see :class:`OriginPolicy`);
 - ``/``: the browser client (its few static files, by name, no build step,
   no CDN);
 - ``/health``: JSON status, 200 or 503;
@@ -34,40 +34,26 @@ import ipaddress
 import json
 import os
 from io import BytesIO
-from typing import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, static
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
-from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from twisted.web.websocket import WebSocketResource
 from wsproto import ConnectionType
 from wsproto.handshake import H11Handshake
 
-from chatd import messages
 from chatd.caps import CappedFactory
-from chatd.frontends.json.framing import LINES
+from chatd.frontends.websocket import ChatWebSocketFactory
 from chatd.metrics import content_type
-from chatd.frontends.json.protocol import ChatProtocol
 from chatd.server import ChatFactory
-from chatd.twisted_compat import (
-    declared_body_length,
-    end_http_timeout,
-    intercept_upgraded_input,
-    release_http_producer,
-    request_line_read,
-    websocket_connection,
-)
+from chatd.twisted_compat import declared_body_length, request_line_read
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
-
-#: Bytes a partly received WebSocket message may take beyond the request
-#: limit before we hang up (frame headers, and one read of the next).
-FRAMING_SLACK = 64 * 1024
 
 #: Seconds a whole request may take to arrive, from the connection's start
 #: or the end of the previous response (Twisted's own idle timeout is
@@ -85,163 +71,6 @@ _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-class WebSocketChatTransport:
-    """What a ChatProtocol needs of a transport, over one WebSocket.
-
-    Each line the protocol writes (lines framing: JSON and ``\\n``) goes
-    out as one text frame.
-    """
-
-    def __init__(self, wire: WebSocketTransport, peer: IAddress, host: IAddress) -> None:
-        self.wire = wire
-        self.connection = websocket_connection(wire)  # the TCP (or TLS) connection under it
-        self.peer = peer
-        self.host = host
-        self.bufferSize: int = getattr(self.connection, "bufferSize", 65536)
-
-    @property
-    def disconnecting(self) -> bool:
-        """Whether the underlying connection is closing."""
-        return bool(getattr(self.connection, "disconnecting", False))
-
-    def write(self, data: bytes) -> None:
-        """Send each complete line as a text frame."""
-        for line in data.split(b"\n"):
-            if line:
-                self.wire.sendTextMessage(line.decode("ascii"))
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        """Send several writes."""
-        for item in data:
-            self.write(item)
-
-    def loseConnection(self) -> None:
-        """Close the WebSocket (close frame), then the connection."""
-        self.wire.loseConnection()
-
-    def abortConnection(self) -> None:
-        """Drop the connection at once."""
-        self.connection.abortConnection()
-
-    def getPeer(self) -> IAddress:
-        """The browser's address."""
-        return self.peer
-
-    def getHost(self) -> IAddress:
-        """Our address."""
-        return self.host
-
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        """Watch the TCP transport's buffer (the send-queue limit)."""
-        # The HTTP channel's own registration goes first: after the
-        # upgrade it no longer reads or writes this connection.
-        release_http_producer(self.connection)
-        self.connection.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        """Stop watching the buffer."""
-        self.connection.unregisterProducer()
-
-    def pauseProducing(self) -> None:
-        """Stop reading from the browser for a while."""
-        self.connection.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        """Read from the browser again."""
-        self.connection.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """Stop reading for good."""
-        self.connection.stopProducing()
-
-
-class ChatWebSocket:
-    """One WebSocket connection: frames in and out of a ChatProtocol."""
-
-    log = Logger()
-
-    def __init__(self, factory: ChatFactory, request: Request) -> None:
-        self.factory = factory
-        self.request = request
-        self.wire: WebSocketTransport | None = None
-        self.chat: Protocol | None = None  # a ChatProtocol, or the busy answer
-        self._unframed = 0  # bytes received since the last whole message
-        self._delivered = False
-
-    def negotiationStarted(self, transport: WebSocketTransport) -> None:
-        """The upgrade is under way: guard the input and keep the transport."""
-        self.wire = transport
-        # The upgraded connection is ours: no HTTP idle timeout on it (the
-        # chat's own login and idle timeouts apply).
-        end_http_timeout(self.request)
-        intercept_upgraded_input(self.request, self._guard_input)
-
-    def _guard_input(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
-        # Twisted buffers a whole message with no size cap: count what
-        # arrives between whole messages and hang up past the limit.
-        if self.chat is not None and (not isinstance(self.chat, ChatProtocol) or self.chat.closing):
-            return  # closing (a busy answer always is): nothing more is read
-        self._unframed += len(data)
-        if self._unframed > self.factory.config.max_request + FRAMING_SLACK and isinstance(self.chat, ChatProtocol):
-            self.chat.lineLengthExceeded(b"")
-            return
-        self._delivered = False
-        deliver(data)
-        if self._delivered:
-            self._unframed = 0
-
-    def negotiationFinished(self) -> None:
-        """The WebSocket is open: start a chat connection on it."""
-        assert self.wire is not None  # negotiationStarted came first
-        address = self.request.getClientAddress()
-        # The HTTP connection under this WebSocket already holds a cap slot.
-        chat = self.factory.buildProtocol(address, holds_slot=True)
-        transport = WebSocketChatTransport(self.wire, address, self.request.getHost())
-        self.chat = chat
-        if isinstance(chat, ChatProtocol):
-            chat.transport_kind = "websocket"
-            chat.makeConnection(transport)
-            chat._use_framing(LINES)
-        else:
-            chat.makeConnection(transport)  # busy: it answers and closes
-
-    def textMessageReceived(self, message: str) -> None:
-        """One request (a whole text frame)."""
-        self._delivered = True
-        if not isinstance(self.chat, ChatProtocol):
-            return
-        data = message.encode("utf-8", "surrogatepass")
-        if len(data) > self.chat.MAX_LENGTH:
-            self.chat.lineLengthExceeded(b"")
-            return
-        self.chat.dataReceived(data + b"\n")
-
-    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
-        """Binary frames carry no JSON here."""
-        self._delivered = True
-        if isinstance(self.chat, ChatProtocol) and not self.chat.closing:
-            self.chat.send_error(messages.BAD_JSON, "Invalid JSON: send requests as text frames.")
-
-    def pongReceived(self, payload: bytes) -> None:
-        """Nothing to do: pings are not used yet."""
-
-    def connectionLost(self, reason: Failure) -> None:
-        """The browser went away."""
-        if self.chat is not None:
-            self.chat.connectionLost(reason)
-
-
-class ChatWebSocketFactory:
-    """Builds :class:`ChatWebSocket` connections on one chat factory."""
-
-    def __init__(self, factory: ChatFactory) -> None:
-        self.factory = factory
-
-    def buildProtocol(self, request: Request) -> ChatWebSocket:
-        """One WebSocket chat connection for this upgrade request."""
-        return ChatWebSocket(self.factory, request)
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}

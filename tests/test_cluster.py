@@ -288,6 +288,7 @@ class DroppingProxy:
         self.blocked = False
         self.closed = False
         self.pairs: list[tuple[Any, Any]] = []
+        self.frozen: set[int] = set()  # ids of sockets whose data is dropped
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -313,14 +314,14 @@ class DroppingProxy:
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: Any, sink: Any) -> None:
+    def _pump(self, source: Any, sink: Any) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                sink.sendall(data)
+                if id(source) not in self.frozen:
+                    sink.sendall(data)
         except OSError:
             pass
         for sock in (source, sink):
@@ -347,6 +348,14 @@ class DroppingProxy:
     def restore(self) -> None:
         """Let connections through again."""
         self.blocked = False
+
+    def freeze(self) -> None:
+        """Blackhole every open connection: nothing passes and nothing
+        closes, as when a network path dies without a word.  New
+        connections pass."""
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        self.frozen.update(id(sock) for pair in pairs for sock in pair)
 
     def close(self) -> None:
         self.closed = True
@@ -409,6 +418,32 @@ class ProxiedNodeTests(RedisTestCase):
         self.assertEqual(error["code"], "name_taken")
         self.assertRaises(EOFError, cut_off.receive)
         self.assertEqual(self.names().count("win"), 1)
+
+    def test_reader_on_a_dead_connection_reconnects(self) -> None:
+        """A blackholed connection (no reply, no close) is dropped after
+        the reply timeout and the node reads and delivers again."""
+        talker = self.login(self.direct, "talker")
+        listener = self.login(self.proxied, "listener")
+        self.proxy.freeze()
+        talker.send("msg", "through the dead link")
+        talker.receive()
+        started = time.monotonic()
+        response = listener.receive()
+        while response["response"] != "message":
+            response = listener.receive()
+        self.assertEqual(response["content"], "through the dead link")
+        self.assertLess(time.monotonic() - started, 15)
+        wait_for(lambda: self.posts(listener), "the proxied node to publish again", deadline=20)
+
+    def posts(self, client: LinesClient) -> bool:
+        """Whether a message from ``client`` comes back (not server_busy)."""
+        client.send("msg", "echo?")
+        while True:
+            response = client.receive()
+            if response["response"] == "message" and response["content"] == "echo?":
+                return True
+            if response.get("code") == "server_busy":
+                return False
 
     def test_names_reasserted_after_they_expired(self) -> None:
         self.login(self.proxied, "bee")

@@ -52,7 +52,7 @@ from chatd.cluster.entries import (
     script_id,
     sequence,
 )
-from chatd.cluster.link import CALL_TIMEOUT, Link, RedisUnavailable, cluster_busy
+from chatd.cluster.link import CALL_TIMEOUT, READ_BLOCK, Link, RedisUnavailable, cluster_busy
 from chatd.cluster.scripts import PUBLISH, REPAIR, presence_key, seq_key, stream_key
 from chatd.core.hub import DEFAULT_ROOM
 from chatd.core.rooms import Delivery, Draft
@@ -71,7 +71,7 @@ READ_RETRY_MAX = 5.0
 LINK_WAIT = 0.2
 #: Entries one XREAD may return, and how long it blocks (ms).
 READ_COUNT = "500"
-READ_BLOCK_MS = "1000"
+READ_BLOCK_MS = str(int(READ_BLOCK * 1000))
 
 
 class _Room:

@@ -3,7 +3,8 @@
 txredisapi 1.6 notes: ``convertNumbers=False`` (so "007" stays "007");
 every call checks the pool is connected first and has a reply timeout
 (calls made while disconnected would otherwise wait forever); ``XREAD
-BLOCK`` runs on its own single connection with no reply timeout.
+BLOCK`` runs on its own single connection, whose reply timeout is the
+block plus a call's timeout.
 
 The parts (:mod:`chatd.cluster.names`, :mod:`chatd.cluster.bus`,
 :mod:`chatd.cluster.history`) take any :class:`Link`, so tests give them
@@ -26,6 +27,13 @@ from chatd.messages import ChatError
 #: Reply timeout of ordinary Redis calls (s); also how long a login waits
 #: for a node that does not know its place in the streams yet.
 CALL_TIMEOUT = 3.0
+#: How long the reader's ``XREAD`` blocks on the server (s).
+READ_BLOCK = 1.0
+#: Reply timeout of the reader (s): a block and a call's timeout.  A
+#: connection that died without a word (a blackholed network) would
+#: otherwise wait for its reply for ever, and the node deliver nothing;
+#: txredisapi drops it on the timeout and connects again.
+READ_TIMEOUT = READ_BLOCK + CALL_TIMEOUT
 
 
 class RedisUnavailable(Exception):
@@ -78,11 +86,12 @@ class RedisLink:
     @classmethod
     def pair(cls, reactor: IReactorTCP | IReactorTime, url: str) -> tuple[RedisLink, RedisLink]:
         """The two links of a node: commands (one connection, a reply
-        timeout) and the blocking reader (one connection, no timeout)."""
+        timeout) and the blocking reader (one connection, a timeout just
+        past its block)."""
         host, port, db = parse_url(url)
         # One command connection: Redis runs its commands in the order
         # sent, so a sender's messages get ids in the order it sent them.
-        return cls(reactor, host, port, db, 1, CALL_TIMEOUT), cls(reactor, host, port, db, 1, None)
+        return cls(reactor, host, port, db, 1, CALL_TIMEOUT), cls(reactor, host, port, db, 1, READ_TIMEOUT)
 
     def start(self) -> None:
         """Connect (and keep reconnecting)."""

@@ -107,6 +107,20 @@ class HubTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(bob.got, [])
 
+    def test_a_failing_member_hurts_nobody_else(self) -> None:
+        alice, broken, bob = self.join("alice"), self.join("broken"), self.join("bob")
+
+        def explode(delivery: Delivery) -> None:
+            raise RuntimeError("a transport in a state nobody foresaw")
+
+        broken.deliver = explode  # type: ignore[method-assign]  # a member that raises
+        stored: list[int] = []
+        draft = alice.post_to(self.hub, "x")
+        draft.stored.addCallback(lambda message: stored.append(message.id))
+        self.clock.advance(0)
+        self.assertEqual((alice.got, bob.got, stored), ([1], [1], [1]))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_validation(self) -> None:
         alice = self.join("alice")
         for text, code in (("", "empty_message"), ("x" * 2001, "message_too_long")):

@@ -506,6 +506,24 @@ class WebSocketFrontEndTests(WebTestCase):
         self.assertEqual(server_frames(connection.output())[-1][0], 8)  # a close frame
         self.assertTrue(connection.closing)
 
+    def test_a_close_frame_during_fan_out_hurts_nobody(self) -> None:
+        """The peer's close frame is answered by Twisted before the session
+        hears of it; fan-out to it then must neither raise nor stop the
+        batch (it wedged the sender and cut later members off)."""
+        connection = self.open()
+        connection.send(client_frame(b'{"request": "login", "content": "web"}'))
+        self.pump()
+        bee = FakeClient(self.factory)
+        bee.login("bee")
+        # Twisted answers the close frame at once; the connection ends a
+        # reactor turn or more later (its output must drain first).
+        connection.send(client_frame(b"\x03\xe8", opcode=8))  # close, 1000
+        bee.send("msg", "after the close")
+        bee.send("ping", "still answered")
+        responses = bee.received()
+        self.assertEqual([r["content"] for r in responses], ["after the close", "still answered"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_shutdown_aborts_a_websocket_that_lingers(self) -> None:
         connection = self.open()
         self.factory.shut_down(grace=3)

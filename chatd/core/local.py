@@ -201,11 +201,14 @@ class LocalBus:
             return
         self.metrics.history_write_seconds.observe(seconds)
         self.metrics.messages_accepted.inc(len(batch))
-        if self._receiver is not None:
-            for delivery in _by_room(batch):
-                self._receiver.receive(delivery)
-        for message, draft in batch:
-            draft.stored.callback(message)
+        try:
+            if self._receiver is not None:
+                for delivery in _by_room(batch):
+                    self._receiver.receive(delivery)
+        finally:
+            # Stored: every sender gets its answer, whatever delivery did.
+            for message, draft in batch:
+                draft.stored.callback(message)
 
     def _retries_exhausted(self) -> bool:
         return self._busy_since is not None and self.clock.seconds() - self._busy_since >= RETRY_FOR

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from chatd.interfaces import ISession
@@ -71,6 +72,8 @@ class Delivery:
 class Room:
     """A room's members, in the order they entered, and its fan-out."""
 
+    log = Logger()
+
     def __init__(self, name: str) -> None:
         self.name = name
         # Keyed by identity; dict order is the order they entered.
@@ -95,11 +98,19 @@ class Room:
         return list(self._members.values())
 
     def deliver(self, delivery: Delivery) -> int:
-        """Hand ``delivery`` to every member; how many messages went out."""
+        """Hand ``delivery`` to every member; how many messages went out.
+
+        One member that fails (a bug, a transport in a state nobody
+        foresaw) is logged and skipped: every other member still gets the
+        batch, and the bus still settles its drafts.
+        """
         # A member may leave while we deliver: iterate over a snapshot.
         recipients = list(self._members.values())
         for session in recipients:
-            session.deliver(delivery)
+            try:
+                session.deliver(delivery)
+            except Exception:
+                self.log.failure("delivering to {user} in {room} failed", user=session.name, room=self.name)
         return len(delivery.messages) * len(recipients)
 
     def announce(self, user: str, status: str, subject: object = None) -> None:

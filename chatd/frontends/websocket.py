@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from twisted.web.websocket import WebSocketTransport
+from wsproto.utilities import LocalProtocolError
 
 from chatd import messages
 from chatd.caps import SERVER_FULL
@@ -66,14 +67,33 @@ class WebSocketWire:
         self.websocket = websocket
         self.connection: StreamTransport = websocket_connection(websocket)
         self.bufferSize: int = getattr(self.connection, "bufferSize", DEFAULT_BUFFER_SIZE)
+        self.closed = False  # the WebSocket takes no more frames
 
     def send_frame(self, payload: bytes) -> None:
-        """Send one encoded response (ASCII JSON) as a text frame."""
-        self.websocket.sendTextMessage(payload.decode("ascii"))
+        """Send one encoded response (ASCII JSON) as a text frame.
+
+        Once the peer's close frame has been answered (Twisted does that
+        itself, before the session hears of the close) the WebSocket
+        refuses frames: what is sent then is dropped, never raised into
+        the fan-out that called us.
+        """
+        if self.closed:
+            return
+        try:
+            self.websocket.sendTextMessage(payload.decode("ascii"))
+        except LocalProtocolError:
+            self.closed = True
 
     def loseConnection(self) -> None:
         """Close the WebSocket (close frame), then the connection."""
-        self.websocket.loseConnection()
+        if not self.closed:
+            self.closed = True
+            try:
+                self.websocket.loseConnection()
+                return
+            except LocalProtocolError:
+                pass  # closing already: only the connection is left
+        self.connection.loseConnection()
 
     def abortConnection(self) -> None:
         """Drop the connection at once."""

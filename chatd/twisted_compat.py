@@ -124,6 +124,9 @@ def forget_exit_signal(reactor: object, signals: tuple[int, ...]) -> bool:
 class StreamTransport(Protocol):
     """What chatd uses of the TCP (or TLS) connection under a WebSocket."""
 
+    def loseConnection(self) -> None:
+        """Close after the buffered output is written."""
+
     def abortConnection(self) -> None:
         """Close at once, unsent data dropped."""
 

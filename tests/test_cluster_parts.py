@@ -116,22 +116,31 @@ class NameLostTests(ClusterCase):
     def test_a_name_taken_elsewhere_while_cut_off_is_lost(self) -> None:
         a, b = self.node("a"), self.node("b")
         twin = a.login("twin")
+        watchers = [node.login(f"watcher{node_name}") for node, node_name in ((a, "a"), (b, "b"))]
+        for watcher in watchers:
+            watcher.send("hello", {"protocol": 2})
         a.cut()
         self.clock.advance(NAME_TTL + 0.1)  # a's heartbeats cannot reach Redis: the name expires
-        self.assertEqual(self.names(b), [])
+        self.assertEqual(self.names(b), ["watcherb"])
         b.login("Twin")  # someone else takes it meanwhile
         a.restore()
         self.clock.advance(HEARTBEAT)  # a's heartbeat: the name is another node's now
         error = twin.received()[-1]
         self.assertEqual((error["response"], error["code"]), ("error", "name_taken"))
         self.assertTrue(twin.closed)
-        self.assertEqual(a.names.held, [])  # no longer ours: never refreshed nor released again
+        self.assertEqual(a.names.held, ["watchera"])  # twin no longer ours: never refreshed nor released again
         twin.disconnect()  # the connection closes: the session leaves the hub
         self.assertIsNone(a.hub.session_named("twin"))
-        self.assertEqual(a.hub.local_users, 0)
+        self.assertEqual(a.hub.local_users, 1)  # watchera
         # Its logout did not release the other node's name.
-        self.assertEqual((self.names(a), self.names(b)), (["Twin"], ["Twin"]))
+        self.assertEqual(self.names(a), self.names(b))
+        self.assertEqual(sorted(self.names(b)), ["Twin", "watchera", "watcherb"])
         self.assertEqual(self.redis.get("chatd:name:twin"), "b|Twin")
+        # Nobody is told the name went offline: it is online, on b.
+        self.clock.advance(1)
+        for watcher in watchers:
+            offline = [r for r in watcher.received() if r["response"] == "presence" and r["content"]["status"] == "offline"]
+            self.assertEqual(offline, [])
 
     def test_a_name_expired_while_cut_off_is_taken_again(self) -> None:
         a, b = self.node("a"), self.node("b")

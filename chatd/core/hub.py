@@ -111,8 +111,18 @@ class Hub:
             self.check_name(name)
         except ChatError:
             return fail()
-        claimed = self.registry.claim(name, session.name_lost)
+        claimed = self.registry.claim(name, lambda: self._lost(session))
         return claimed.addCallback(lambda _: self._entered(session, name))
+
+    def _lost(self, session: ISession) -> None:
+        """The name went to a session elsewhere: ``session`` leaves without
+        a word to anyone (the name is online, elsewhere), then ends."""
+        if self.is_member(session):
+            assert session.name is not None
+            del self._sessions[session.name.lower()]
+            for room in self.rooms.values():
+                room.remove(session)
+        session.name_lost()
 
     def _entered(self, session: ISession, name: str) -> str:
         self._sessions[name.lower()] = session

@@ -419,6 +419,15 @@ class ProxiedNodeTests(RedisTestCase):
         self.assertRaises(EOFError, cut_off.receive)
         self.assertEqual(self.names().count("win"), 1)
 
+    def test_history_before_the_first_id(self) -> None:
+        client = self.login(self.direct, "pager")
+        client.send("msg", "one")
+        client.receive()
+        for before in (0, 1):
+            client.send("history", {"before": before})
+            page = client.receive()
+            self.assertEqual((page["response"], page["content"], page["more"]), ("history", [], False))
+
     def test_reader_on_a_dead_connection_reconnects(self) -> None:
         """A blackholed connection (no reply, no close) is dropped after
         the reply timeout and the node reads and delivers again."""

@@ -260,6 +260,8 @@ class ReadLoopTests(SynchronousTestCase):
         self.reply(self.stream(entry("2-1")))
         self.assert_reading()
         self.assertEqual(self.position(), "2-1")
+        # The room logs the failing member and goes on to the others.
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
     def post(self, member: Member, text: str) -> list[str]:
         """``member`` posts ``text``; returns a list that fills once it is answered."""
@@ -297,6 +299,8 @@ class ReadLoopTests(SynchronousTestCase):
         token = self.commands.calls[-1][-1]
         self.reply(self.stream(entry("1-1", text="mine", node=self.bus.node, token=token)))
         self.assertEqual(done, ["answered"])
+        self.assertEqual(sender.got, [(1, "mine")])  # the other members got it too
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_bad_presence_skipped(self) -> None:
         good = ["7-0", ["user", "bob", "status", "online", "node", "x"]]

@@ -506,6 +506,22 @@ class WebSocketFrontEndTests(WebTestCase):
         self.assertEqual(server_frames(connection.output())[-1][0], 8)  # a close frame
         self.assertTrue(connection.closing)
 
+    def test_requests_per_turn_are_bounded_across_frames(self) -> None:
+        """Each frame arrives as its own read: the per-turn bound holds
+        across them, as it does for one TCP read."""
+        from chatd.core.session import MAX_REQUESTS_PER_TURN
+
+        connection = self.open()
+        connection.send(client_frame(b'{"request": "login", "content": "web"}'))
+        self.pump()
+        before = len(self.texts(connection))
+        connection.send(b"".join(client_frame(b'{"request": "ping", "content": %d}' % i) for i in range(100)))
+        first = [r["content"] for r in self.texts(connection)[before:]]
+        self.assertEqual(first, list(range(MAX_REQUESTS_PER_TURN)))
+        self.clock.advance(0)
+        every = [r["content"] for r in self.texts(connection)[before:]]
+        self.assertEqual(every, list(range(100)))
+
     def test_a_close_frame_during_fan_out_hurts_nobody(self) -> None:
         """The peer's close frame is answered by Twisted before the session
         hears of it; fan-out to it then must neither raise nor stop the

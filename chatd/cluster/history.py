@@ -44,6 +44,8 @@ class RedisHistory:
         """A page of ``room`` and whether more lie beyond it (see
         :meth:`chatd.interfaces.IHistory.page`)."""
         limit = max(1, min(MAX_PAGE, limit))
+        if before is not None and before <= 1:
+            return succeed(([], False))  # no id below 1 (and Redis refuses "(0-0")
         count = str(limit + 1)
         d: Deferred[Any]
         if after is not None:

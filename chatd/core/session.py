@@ -227,6 +227,8 @@ class Session(Generic[RequestT]):
     _reading_paused = False
     _queued_cost = 0.0  # budget units of the requests in _events
     _resume_call: IDelayedCall | None = None  # handles the queued requests later (budget, turn)
+    _turn_handled = 0  # requests handled in this reactor turn
+    _turn_end: IDelayedCall | None = None  # starts the count again next turn
     _close_deadline: IDelayedCall | None = None  # aborts a closing connection that will not close
     _producer_registered = False
     _processing = False  # inside _process_events
@@ -259,7 +261,8 @@ class Session(Generic[RequestT]):
         self._timer.stop()
         _cancel(self._resume_call)
         _cancel(self._close_deadline)
-        self._resume_call = self._close_deadline = None
+        _cancel(self._turn_end)
+        self._resume_call = self._close_deadline = self._turn_end = None
         self._events.clear()
         if self.output is not None:
             self.output.stop()
@@ -352,20 +355,35 @@ class Session(Generic[RequestT]):
         self._update_reading()
 
     def _handle_queued(self) -> None:
-        handled = 0
+        if self._resume_call_pending():
+            return  # this turn's share is spent, or the budget in debt: it goes on then
         while self._events and self._may_handle():
             request, cost = self._events[0]
             if self._waiting_for_store and (not self.joins_batch(request) or self._batched >= MAX_BATCH_PER_CONNECTION):
                 break
             wait = self.budget.wait()
-            if wait > 0 or handled >= MAX_REQUESTS_PER_TURN:
+            if wait > 0 or self._turn_handled >= MAX_REQUESTS_PER_TURN:
                 self._process_later(wait)
                 break
             self._events.popleft()
             self._queued_cost -= cost
             self.budget.charge(cost)
-            handled += 1
+            self._count_in_turn()
             self._handle(request)
+
+    def _count_in_turn(self) -> None:
+        """Count a request against this reactor turn's share.
+
+        Counted on the session, not per call: a WebSocket hands over each
+        frame as a read of its own, many in one turn.
+        """
+        if self._turn_handled == 0:
+            self._turn_end = self.clock.callLater(0, self._next_turn)
+        self._turn_handled += 1
+
+    def _next_turn(self) -> None:
+        self._turn_end = None
+        self._turn_handled = 0
 
     def _handle(self, request: RequestT) -> None:
         answer = self.handle(request)
@@ -577,6 +595,7 @@ class Session(Generic[RequestT]):
         if self._close_deadline is not None:
             return
         self.closing = True
+        self._timer.stop()  # no login or idle notice inside the close grace
         self._events.clear()
         self._queued_cost = 0.0
         _cancel(self._resume_call)

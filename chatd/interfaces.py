@@ -52,6 +52,11 @@ class ISession(Interface):
         """The name went to a session elsewhere (a cluster node that was cut
         off): the session must end."""
 
+    def draft_settled(draft: Draft) -> None:
+        """A message this session posted was stored and delivered on this
+        node (``draft.result`` is the stored message), or could not be
+        stored (a Failure)."""
+
 
 class IChatCore(Interface):
     """The chat: sessions, rooms and messages.  Knows no wire format."""
@@ -144,11 +149,12 @@ class IMessageBus(Interface):
     def subscribe(receiver: IReceiver) -> None:
         """Hand stored messages and presence to ``receiver`` from now on."""
 
-    def publish(draft: Draft) -> Deferred[StoredMessage]:
+    def publish(draft: Draft) -> None:
         """Store a :class:`chatd.core.rooms.Draft` and have it delivered.
 
-        A Deferred firing with the stored message once it has been
-        delivered on this node (``receiver.receive`` returned), or failing
+        The draft is settled (:meth:`Draft.settle <chatd.core.rooms.Draft.settle>`)
+        with the stored message once it has been delivered on this node
+        (``receiver.receive`` returned), or with a failure
         (``HistoryError``, ``ChatError``) if it could not be stored.
         Messages published in one reactor turn form one batch.
         """

@@ -133,20 +133,19 @@ class RedisBus:
         """Stored batches and other nodes' presence go to ``receiver``."""
         self._receiver = receiver
 
-    def publish(self, draft: Draft) -> Deferred[StoredMessage]:
-        """Queue ``draft`` for this turn's script call; ``draft.stored``
-        fires once it was read back and delivered here (or fails)."""
+    def publish(self, draft: Draft) -> None:
+        """Queue ``draft`` for this turn's script call; it is settled once
+        it was read back and delivered here (or could not be stored)."""
         if draft.room not in self._rooms:
-            draft.stored.errback(HistoryError(f"no stream for the room {draft.room!r}"))
+            draft.settle(HistoryError(f"no stream for the room {draft.room!r}"))
         elif not self.commands.connected:
-            draft.stored.errback(cluster_busy())
+            draft.settle(cluster_busy())
         else:
             # Published in one EVAL per reactor turn, like the single
             # node's one transaction per turn.
             self._outbox.append(draft)
             if self._publish_call is None:
                 self._publish_call = self.clock.callLater(0, self._publish)
-        return draft.stored
 
     def announce(self, user: str, status: str, room: str) -> None:
         """Tell the other nodes that ``user`` came or went in ``room``."""
@@ -248,7 +247,7 @@ class RedisBus:
         for token in tokens:
             draft = self._pending.pop(token, None)
             if draft is not None:
-                draft.stored.errback(HistoryError(f"publishing failed: {failure.value}"))
+                draft.settle(HistoryError(f"publishing failed: {failure.value}"))
 
     # -- the read loop ---------------------------------------------------------------
 
@@ -406,7 +405,7 @@ class RedisBus:
         finally:
             for message, draft in zip(delivery.messages, delivery.drafts):
                 if draft is not None:
-                    draft.stored.callback(message)
+                    draft.settle(message)
 
     def _fail_skipped(self, entry: Any) -> None:
         """A skipped entry of ours: its draft fails (its sender waits no more)."""
@@ -416,7 +415,7 @@ class RedisBus:
             return
         draft = self._pending.pop(token, None)
         if draft is not None:
-            draft.stored.errback(HistoryError("the message was stored in a form that cannot be read"))
+            draft.settle(HistoryError("the message was stored in a form that cannot be read"))
 
     def _repair(self, _: object, room: _Room, held: str) -> Deferred[None]:
         """Have the script clear the stray entries beyond its sequence."""

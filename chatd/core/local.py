@@ -114,8 +114,7 @@ class LocalBus:
 
     Messages published in one reactor turn are committed in one
     transaction (``callLater(0)``), then delivered, then their drafts'
-    ``stored`` Deferreds fire: a sender waiting on them sees its own echo
-    first.
+    drafts are settled: a sender waiting on them sees its own echo first.
     """
 
     log = Logger()
@@ -137,18 +136,17 @@ class LocalBus:
     def announce(self, user: str, status: str, room: str) -> None:
         """A single node has no other node to tell."""
 
-    def publish(self, draft: Draft) -> Deferred[StoredMessage]:
+    def publish(self, draft: Draft) -> None:
         """Give ``draft`` the next id of its room; commit with this turn's batch."""
         try:
             message = self.store.append(draft.room, draft.sender, draft.text, draft.timestamp)
         except HistoryError as problem:
-            draft.stored.errback(problem)
-            return draft.stored
+            draft.settle(problem)
+            return
         self._batch.append((message, draft))
         # While a retry is scheduled, new messages join its batch.
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._scheduled_flush)
-        return draft.stored
 
     @property
     def pending(self) -> int:
@@ -195,7 +193,7 @@ class LocalBus:
             if batch:
                 self.log.error("could not store {count} messages: {problem}", count=len(batch), problem=str(failure))
             for _message, draft in batch:
-                draft.stored.errback(failure)
+                draft.settle(failure)
             return
         if not batch:
             return
@@ -208,7 +206,7 @@ class LocalBus:
         finally:
             # Stored: every sender gets its answer, whatever delivery did.
             for message, draft in batch:
-                draft.stored.callback(message)
+                draft.settle(message)
 
     def _retries_exhausted(self) -> bool:
         return self._busy_since is not None and self.clock.seconds() - self._busy_since >= RETRY_FOR

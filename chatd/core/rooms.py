@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from chatd.interfaces import ISession
@@ -28,15 +29,54 @@ LOBBY = "#lobby"
 @dataclass(eq=False)
 class Draft:
     """A message accepted from ``origin`` for ``room``, on its way to be
-    stored.  ``stored`` fires with the stored message once it has been
-    delivered on this node, or fails if it could not be stored."""
+    stored.
+
+    The bus settles it (:meth:`settle`) once it has been delivered on
+    this node, or could not be stored; the origin session is told
+    directly (``draft_settled``), and :attr:`stored` offers the same as a
+    Deferred to whoever asks (made only then: a burst of messages needs
+    no Deferred each).
+    """
 
     room: str
     sender: str
     text: str
     timestamp: str
     origin: Any = None  # the ISession that posted it
-    stored: Deferred[StoredMessage] = field(default_factory=Deferred)
+    awaited: bool = False  # the origin waits for it (set by the session)
+    settled: bool = False
+    result: Any = field(default=None, repr=False)  # the StoredMessage, or a Failure
+    _stored: Deferred[StoredMessage] | None = field(default=None, repr=False)
+
+    @property
+    def stored(self) -> Deferred[StoredMessage]:
+        """Fires with the stored message once delivered on this node, or
+        fails if it could not be stored."""
+        if self._stored is None:
+            self._stored = Deferred()
+            if self.settled:
+                self._fire()
+        return self._stored
+
+    def settle(self, result: StoredMessage | Failure | BaseException) -> None:
+        """The bus is done with it: stored (``result`` the message) or not
+        (a failure)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.result = Failure(result) if isinstance(result, BaseException) else result
+        notify = getattr(self.origin, "draft_settled", None)
+        if notify is not None:
+            notify(self)
+        if self._stored is not None:
+            self._fire()
+
+    def _fire(self) -> None:
+        assert self._stored is not None
+        if isinstance(self.result, Failure):
+            self._stored.errback(self.result)
+        else:
+            self._stored.callback(self.result)
 
 
 class Delivery:

@@ -382,6 +382,7 @@ class Session(Generic[RequestT]):
         self._turn_handled += 1
 
     def _next_turn(self) -> None:
+        _cancel(self._turn_end)
         self._turn_end = None
         self._turn_handled = 0
 
@@ -479,8 +480,9 @@ class Session(Generic[RequestT]):
         session is closed for flooding.  Raises ``ChatError``
         (``rate_limited``, or the core's refusal of the text).
 
-        The front-end adds its callbacks to ``draft.stored``, then calls
-        :meth:`wait_for_store` unless it has fired already.
+        Unless the draft is settled already (refused at once), the
+        front-end calls :meth:`wait_for_store`; :meth:`draft_done` tells it
+        how the draft ended.
         """
         if not self.rate.available():
             if self.flood.reject():
@@ -500,16 +502,28 @@ class Session(Generic[RequestT]):
         self._batched += 1
         self._posts_pending += 1
         self._waiting_for_store = True
-        draft.stored.addBoth(self._post_settled)
+        draft.awaited = True
 
-    def _post_settled(self, _: object) -> None:
+    def draft_settled(self, draft: Draft) -> None:
+        """The bus is done with a draft we posted (``ISession``)."""
+        if not draft.awaited:
+            return  # refused at once: the front-end answers it where it posted
+        self.draft_done(draft)
         self._posts_pending -= 1
         if self._posts_pending == 0:
             self._store_done()
 
+    def draft_done(self, draft: Draft) -> None:
+        """A draft we waited for was stored (``draft.result`` the message)
+        or not (a Failure): the front-end's answer, if any."""
+
     def _store_done(self) -> None:
         self._waiting_for_store = False
         self._batched = 0
+        # Stored in a later turn than the posts were handled in: this
+        # turn's share starts now (whatever order the turn's calls run in;
+        # waiting for _next_turn here halved the batches of a burst).
+        self._next_turn()
         held, self._held = self._held, None
         for payload in held or ():
             self.write_payload(payload)

@@ -278,14 +278,19 @@ class ChatProtocol(Session[Decoded], Protocol):
         if draft is None:
             return  # flooding: the session closes
         ref = self._ref
-        if draft.stored.called:  # refused at once: nothing to wait for
-            draft.stored.addErrback(self._post_failed, ref)
+        if draft.settled:  # refused at once: nothing to wait for
+            self._post_failed(draft.result, ref)
             return
         if ref is not None:
             self._refs[draft] = ref
-        draft.stored.addCallbacks(_ignore, self._post_failed, errbackArgs=(ref,))
-        draft.stored.addBoth(self._forget_ref, draft)
         self.wait_for_store(draft)
+
+    def draft_done(self, draft: Draft) -> None:
+        """Our message was stored (its echo, with the ref, went out with
+        the batch) or could not be: then an error, with the ref."""
+        ref = self._refs.pop(draft, None)
+        if isinstance(draft.result, Failure):
+            self._post_failed(draft.result, ref)
 
     def _post_failed(self, failure: Failure, ref: Any) -> None:
         """Our message could not be stored: tell the sender (with its ref)."""
@@ -300,9 +305,6 @@ class ChatProtocol(Session[Decoded], Protocol):
                 self.send_error(messages.SERVER_BUSY, "Your message could not be stored; please send it again.")
         finally:
             self._ref = None
-
-    def _forget_ref(self, _: object, draft: Draft) -> None:
-        self._refs.pop(draft, None)
 
     def request_names(self, content: Any) -> Deferred[None]:
         """``names``: the logged-in users in login order."""
@@ -501,10 +503,6 @@ def request_cost(event: Decoded, factory: ChatFactory) -> float:
     if kind in ("names", "logout"):
         return 1.0 + factory.connections * COST_PER_NAME
     return 1.0
-
-
-def _ignore(_: object) -> None:
-    """A callback that keeps nothing."""
 
 
 def _valid_ref(ref: Any) -> bool:

@@ -80,11 +80,13 @@ class IChatCore(Interface):
         """Accept ``text`` from ``session`` for the default room.
 
         Raises ``ChatError`` at once for a text that is not acceptable.
-        Otherwise returns the :class:`chatd.core.rooms.Draft`, whose
-        ``stored`` Deferred fires with the stored message once it is
-        stored *and* delivered to this node's sessions (the poster's own
-        copy included: it finds the draft in that delivery), or fails
-        (``HistoryError``, ``ChatError``) if it could not be stored.
+        Otherwise returns the :class:`chatd.core.rooms.Draft`, settled
+        once the message is stored *and* delivered to this node's sessions
+        (the poster's own copy included: it finds the draft in that
+        delivery), or could not be stored (``HistoryError``,
+        ``ChatError``): the session hears it through
+        :meth:`ISession.draft_settled`; ``draft.stored`` gives the same as
+        a Deferred.
         """
 
     def recent(room: str, limit: int | None) -> Deferred[list[StoredMessage]]:

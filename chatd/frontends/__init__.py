@@ -1,6 +1,7 @@
 """Front-ends: the wire protocols people connect with, on one hub.
 
-``json`` is the JSON chat protocol over TCP and TLS (framing and the
-connection protocol); ``site`` serves it over WebSocket too, with the
-browser client, ``/health`` and ``/metrics``.
+``json`` is the JSON chat protocol over TCP and TLS (framing, the
+connection protocol, the encoding of messages); ``websocket`` runs the
+same JSON session over WebSocket; ``site`` serves it with the browser
+client, ``/health`` and ``/metrics``.
 """

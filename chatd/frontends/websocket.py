@@ -36,7 +36,7 @@ from wsproto.utilities import LocalProtocolError
 from chatd import messages
 from chatd.caps import SERVER_FULL
 from chatd.core.session import DEFAULT_BUFFER_SIZE
-from chatd.frontends.json.framing import Decoded, StreamDecoder
+from chatd.frontends.json.framing import Decoded, StreamDecoder, UnpacedOutput
 from chatd.frontends.json.protocol import ChatProtocol
 from chatd.server import ChatFactory
 from chatd.twisted_compat import (
@@ -119,11 +119,9 @@ class WebSocketWire:
         self.connection.resumeProducing()
 
 
-class FrameOutput:
-    """The WebSocket's output framing: each response is one text frame.
-
-    Nothing is paced or queued: a frame is written at once.
-    """
+class FrameOutput(UnpacedOutput):
+    """The WebSocket's output framing: each response is one text frame,
+    written at once."""
 
     name = FRAMES
 
@@ -133,22 +131,6 @@ class FrameOutput:
     def send(self, payload: bytes, line: bytes | None = None) -> None:
         """Write one encoded response as one frame."""
         self._write(payload)
-
-    @property
-    def queued_bytes(self) -> int:
-        """Nothing is held back."""
-        return 0
-
-    def when_drained(self, action: Callable[[], None]) -> None:
-        """Everything is written already: run ``action`` now."""
-        action()
-
-    def stop(self) -> None:
-        """Nothing to drop."""
-
-    def take_queue(self) -> list[bytes]:
-        """Nothing is ever queued."""
-        return []
 
 
 def decode_frame(data: bytes, max_request: int) -> list[Decoded]:

@@ -551,7 +551,28 @@ def _newline_follows(buf: str, end: int) -> bool:
     return buf[gap : gap + 1] == "\n"
 
 
-class LinesOutput:
+class UnpacedOutput:
+    """An output framing that writes every response at once: nothing is
+    held back, so there is never anything to drain, drop or hand over."""
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes held back by pacing: none."""
+        return 0
+
+    def when_drained(self, action: Callable[[], None]) -> None:
+        """Everything sent so far is written already: run ``action`` now."""
+        action()
+
+    def stop(self) -> None:
+        """Nothing to forget."""
+
+    def take_queue(self) -> list[bytes]:
+        """Nothing is ever queued."""
+        return []
+
+
+class LinesOutput(UnpacedOutput):
     """Lines framing: each response is its JSON and ``\\n``."""
 
     name = LINES
@@ -566,22 +587,6 @@ class LinesOutput:
     def send_block(self, lines: bytes) -> None:
         """Write several responses already framed as lines, in one write."""
         self._write(lines)
-
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes held back by pacing: none in lines framing."""
-        return 0
-
-    def when_drained(self, action: Callable[[], None]) -> None:
-        """Run ``action`` once everything sent so far has been written."""
-        action()
-
-    def stop(self) -> None:
-        """Forget anything queued (the connection is gone)."""
-
-    def take_queue(self) -> list[bytes]:
-        """Nothing is ever queued in lines framing."""
-        return []
 
 
 class ClassicOutput:

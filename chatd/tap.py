@@ -7,14 +7,16 @@ one listening service per endpoint into a ``MultiService``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from typing import Any
 
 from twisted.application import service, strports
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
+from chatd.fds import fit_connections
 from chatd.logs import json_observer
 from chatd.stores.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
 from chatd.core.hub import Hub
@@ -22,6 +24,8 @@ from chatd.server import ChatFactory, HistoryService, ServerConfig, ShutdownServ
 from chatd.twisted_compat import forget_exit_signal
 
 DEFAULT_PORT = 9998
+
+log = Logger()
 
 
 def _number(name: str, kind: type, minimum: float, what: str = "a whole number") -> Any:
@@ -271,7 +275,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         hub = cluster_hub(reactor, options["cluster"], max_message=options["max-message"])
     else:
         hub = Hub.local(reactor, open_history(options), max_message=options["max-message"])
-    factory = ChatFactory(hub, options.config(), reactor)
+    config = options.config()
+    fits, files = fit_connections(config.max_connections)
+    if fits != config.max_connections:
+        log.warn(
+            "open files are limited to {files}: the connection cap is {fits}, not {wanted}",
+            files=files, fits=fits, wanted=config.max_connections or "unlimited",
+        )
+        config = dataclasses.replace(config, max_connections=fits)
+    factory = ChatFactory(hub, config, reactor)
     observer = None
     if options["log-format"] == "json":
         observer = json_observer(getattr(options, "parent", None))

@@ -522,6 +522,23 @@ class WebSocketFrontEndTests(WebTestCase):
         every = [r["content"] for r in self.texts(connection)[before:]]
         self.assertEqual(every, list(range(100)))
 
+    def test_errors_keep_their_place_in_order(self) -> None:
+        """A binary frame's bad_json and an oversize frame's too_long come
+        after the answers to the frames before them (they jumped the
+        queue, and too_long dropped what was queued)."""
+        for last, code in ((client_frame(b"\x00\x01", opcode=2), "bad_json"), (client_frame(b"x" * 300), "too_long")):
+            connection = self.open()
+            connection.send(client_frame(b'{"request": "login", "content": "web"}'))
+            self.pump()
+            before = len(self.texts(connection))
+            pings = b"".join(client_frame(b'{"request": "ping", "content": %d}' % i) for i in range(40))
+            connection.send(pings + last)
+            self.pump()
+            answers = self.texts(connection)[before:]
+            self.assertEqual([r.get("content") for r in answers[:40]], list(range(40)), code)
+            self.assertEqual([r.get("code") for r in answers[40:]], [code])
+            self.assertEqual(connection.closing, code == "too_long")
+
     def test_a_close_frame_during_fan_out_hurts_nobody(self) -> None:
         """The peer's close frame is answered by Twisted before the session
         hears of it; fan-out to it then must neither raise nor stop the

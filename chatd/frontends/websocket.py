@@ -176,13 +176,14 @@ class ChatWebSocket:
         if chat is not None and (not isinstance(chat, ChatProtocol) or chat.closing):
             return  # closing (a busy answer always is): nothing more is read
         self._unframed += len(data)
-        if self._unframed > self.factory.config.max_request + FRAMING_SLACK and isinstance(chat, ChatProtocol):
-            chat.too_long()
-            return
         self._delivered = False
         deliver(data)
         if self._delivered:
-            self._unframed = 0
+            self._unframed = 0  # what is left is the start of the next message
+        elif self._unframed > self.factory.config.max_request + FRAMING_SLACK and isinstance(chat, ChatProtocol):
+            # Reads that completed no message (a message being sent, or
+            # control frames) past the limit: no request can be that long.
+            chat.too_long()
 
     def negotiationFinished(self) -> None:
         """The WebSocket is open: start a JSON session on it."""
@@ -218,7 +219,8 @@ class ChatWebSocket:
             return
         data = message.encode("utf-8", "surrogatepass")
         if len(data) > chat.MAX_LENGTH:
-            chat.too_long()
+            # Queued like any request: the requests before it are answered first.
+            chat.frame_received([Decoded(None, messages.TOO_LONG, True)], len(data))
             return
         chat.frame_received(decode_frame(data, chat.MAX_LENGTH), len(data))
 
@@ -226,7 +228,8 @@ class ChatWebSocket:
         """Binary frames carry no JSON here."""
         self._delivered = True
         if isinstance(self.chat, ChatProtocol) and not self.chat.closing:
-            self.chat.send_error(messages.BAD_JSON, "Invalid JSON: send requests as text frames.")
+            # Queued like any request (in order, with its cost): bad_json.
+            self.chat.frame_received([Decoded(None, messages.BAD_JSON, True)], len(data))
 
     def pongReceived(self, payload: bytes) -> None:
         """Nothing to do: pings are not used yet."""

@@ -88,11 +88,11 @@ class ChatFactory(ServerFactory[ChatProtocol]):
     def local_users(self) -> int:
         """Users logged in on this node's connections.
 
-        Counted locally and synchronously: a clustered hub's ``names()``
-        is a Deferred (a Redis round trip), which a scrape or /health
-        cannot wait for.
+        The hub's own count, synchronous: a clustered hub's ``names()`` is
+        a Deferred (a Redis round trip), which a scrape or /health cannot
+        wait for.
         """
-        return sum(1 for protocol in self.protocols if protocol.name is not None)
+        return self.hub.local_users
 
     @property
     def connections(self) -> int:

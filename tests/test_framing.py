@@ -398,7 +398,7 @@ class LinesOutputTests(SynchronousTestCase):
         written: list[bytes] = []
         output = LinesOutput(written.append)
         output.send(b'{"a": 1}')
-        output.send(b'{"b": 2}', b'{"b": 2}\n')
+        output.send(b'{"b": 2}')
         self.assertEqual(written, [b'{"a": 1}\n', b'{"b": 2}\n'])
         self.assertEqual(output.queued_bytes, 0)
 

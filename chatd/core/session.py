@@ -112,7 +112,7 @@ class OutputFraming(Protocol):
     def queued_bytes(self) -> int:
         """Bytes held back (by pacing), not yet written."""
 
-    def send(self, payload: bytes, line: bytes | None = None) -> None:
+    def send(self, payload: bytes) -> None:
         """Write (or queue) one encoded response."""
 
     def when_drained(self, action: Callable[[], None]) -> None:

@@ -128,7 +128,7 @@ class FrameOutput(UnpacedOutput):
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self._write = write
 
-    def send(self, payload: bytes, line: bytes | None = None) -> None:
+    def send(self, payload: bytes) -> None:
         """Write one encoded response as one frame."""
         self._write(payload)
 

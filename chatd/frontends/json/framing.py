@@ -580,9 +580,9 @@ class LinesOutput(UnpacedOutput):
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self._write = write
 
-    def send(self, payload: bytes, line: bytes | None = None) -> None:
-        """Write one encoded response as a line (``line`` if pre-built)."""
-        self._write(line if line is not None else payload + b"\n")
+    def send(self, payload: bytes) -> None:
+        """Write one encoded response as a line."""
+        self._write(payload + b"\n")
 
     def send_block(self, lines: bytes) -> None:
         """Write several responses already framed as lines, in one write."""
@@ -613,7 +613,7 @@ class ClassicOutput:
         """Bytes waiting for their turn to be written."""
         return self._queued_bytes
 
-    def send(self, payload: bytes, line: bytes | None = None) -> None:
+    def send(self, payload: bytes) -> None:
         """Queue one encoded response; write it now if the pace allows."""
         self._queue.append(payload)
         self._queued_bytes += len(payload)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from chatd.core.rooms import Delivery, Draft
     from chatd.stores.history import Retention, StoredMessage
+    from chatd.stores.roomstate import RoomRecord
 
 
 class ISession(Interface):
@@ -35,6 +36,9 @@ class ISession(Interface):
     """
 
     name = Attribute("The name it logged in with (str), or None.")
+    version = Attribute(
+        "The protocol version it speaks (int): 1 sessions are in #lobby only and get no DM or room event."
+    )
 
     def deliver(delivery: Delivery) -> None:
         """Messages stored and ordered for a room this session is in.
@@ -47,6 +51,10 @@ class ISession(Interface):
 
     def presence(user: str, status: str, room: str) -> None:
         """``user`` came (``online``) or went (``offline``) in ``room``."""
+
+    def notify(kind: str, content: dict[str, object]) -> None:
+        """An event of a room this session is in: ``kind`` is ``topic``
+        (content ``room``, ``topic``, ``by``); more come with moderation."""
 
     def name_lost() -> None:
         """The name went to a session elsewhere (a cluster node that was cut
@@ -165,8 +173,59 @@ class IMessageBus(Interface):
         """Tell the *other* nodes' sessions in ``room`` that ``user`` came or
         went (the core tells this node's own; a single node has no others)."""
 
+    def announce_event(room: str, kind: str, content: dict[str, object]) -> None:
+        """Tell the *other* nodes' sessions in ``room`` of a room event."""
+
+    def watch(room: str) -> Deferred[int]:
+        """This node has a member in ``room`` (a canonical name) from now:
+        deliver its messages.  Fires with the id of the newest message
+        that will *not* be delivered (history up to it is read instead),
+        so a joiner misses nothing and sees nothing twice."""
+
+    def unwatch(room: str) -> None:
+        """This node has no member left in ``room``: stop delivering it."""
+
+    remote = Attribute(
+        "Whether other nodes may hold sessions (bool): then a direct message to a name not held here is"
+        " published, and the bus refuses it (no_such_user) if nobody holds the name."
+    )
+
     def flush() -> None:
         """Publish what is pending now (at shutdown)."""
+
+
+class IRoomDirectory(Interface):
+    """Rooms' lasting state and who is in them (every node's members).
+
+    Reads of records are synchronous, from what this node holds (every
+    room's record: rooms are few and their records small); changes and
+    membership may need another node, so they answer with Deferreds.
+    """
+
+    def get(key: str) -> RoomRecord | None:
+        """The record of the room named ``key`` (lower-cased), if it exists."""
+
+    def records() -> list[RoomRecord]:
+        """Every room's record."""
+
+    def create(name: str, created: str) -> Deferred[RoomRecord]:
+        """The room named ``name``, created with that spelling if it is new
+        (if another creation won, its record)."""
+
+    def update(key: str, change: Callable[[RoomRecord], RoomRecord]) -> Deferred[RoomRecord]:
+        """Apply ``change`` to the room's record and keep the result."""
+
+    def enter(key: str, name: str) -> Deferred[None]:
+        """``name`` is now a member of the room (after those already in)."""
+
+    def leave(key: str, name: str) -> None:
+        """``name`` is no longer a member."""
+
+    def members(key: str) -> Deferred[list[str]]:
+        """The room's members with a session now, in the order they entered."""
+
+    def counts() -> Deferred[dict[str, int]]:
+        """Members with a session now, per room key (rooms without any left out)."""
 
 
 class IReceiver(Interface):
@@ -177,3 +236,6 @@ class IReceiver(Interface):
 
     def receive_presence(user: str, status: str, room: str) -> None:
         """Presence announced by another node."""
+
+    def receive_event(room: str, kind: str, content: dict[str, object]) -> None:
+        """A room event announced by another node (see :meth:`ISession.notify`)."""

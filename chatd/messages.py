@@ -25,6 +25,12 @@ MESSAGE_TOO_LONG = "message_too_long"
 RATE_LIMITED = "rate_limited"
 SERVER_BUSY = "server_busy"
 NO_SUCH_ROOM = "no_such_room"
+NO_SUCH_USER = "no_such_user"
+NOT_IN_ROOM = "not_in_room"
+FORBIDDEN = "forbidden"
+INVALID_ROOM = "invalid_room"
+NOT_OP = "not_op"
+MUTED = "muted"
 
 SERVER_SENDER = "server"
 
@@ -73,9 +79,9 @@ def error(code: str, text: str, timestamp: str) -> dict[str, Any]:
     return response("error", text, timestamp, code=code)
 
 
-def info(text: str, timestamp: str) -> dict[str, Any]:
-    """An ``info`` response."""
-    return response("info", text, timestamp)
+def info(text: str, timestamp: str, **extra: Any) -> dict[str, Any]:
+    """An ``info`` response (``extra`` keys after ``content``)."""
+    return response("info", text, timestamp, **extra)
 
 
 def encode(obj: dict[str, Any]) -> bytes:

@@ -29,6 +29,16 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily("chatd_users", "Logged-in users.", value=users)
 
 
+class _RoomsGauge(Collector):
+    """``chatd_rooms``, read when scraped."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("chatd_rooms", "Rooms that exist, #lobby included.", value=self.read())
+
+
 class Metrics:
     """The counters and histograms of one server."""
 
@@ -50,6 +60,10 @@ class Metrics:
         self.sendq_drops = Counter(
             "chatd_sendq_drops", "Connections dropped for unsent output over --max-sendq.", registry=self.registry
         )
+
+    def watch_rooms(self, read: Callable[[], int]) -> None:
+        """Report the number of rooms from ``read`` at scrape time (``chatd_rooms``)."""
+        self.registry.register(_RoomsGauge(read))
 
     def watch(self, read: Callable[[], tuple[dict[str, int], int]]) -> None:
         """Report live connection and user counts from ``read`` at scrape time."""

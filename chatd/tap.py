@@ -132,6 +132,13 @@ class Options(usage.Options):
             _history_count,
         ],
         ["max-message", None, 2000, "Longest message accepted, in characters.", _positive_int("max-message")],
+        [
+            "max-rooms-per-user",
+            None,
+            50,
+            "Rooms one name may be in at once, #lobby not counted.",
+            _positive_int("max-rooms-per-user"),
+        ],
         ["max-request", None, 16384, "Largest request accepted, in bytes.", _positive_int("max-request")],
         [
             "login-timeout",
@@ -217,6 +224,11 @@ class Options(usage.Options):
         )
 
 
+def room_options(options: Options) -> dict[str, Any]:
+    """The hub's room settings the options give."""
+    return {"max_rooms_per_user": options["max-rooms-per-user"], "history_on_join": options["history-on-login"]}
+
+
 def open_history(options: Options) -> HistoryStore:
     """The history store the options ask for.
 
@@ -272,9 +284,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["cluster"]:
         from chatd.cluster.node import ClusterService, cluster_hub
 
-        hub = cluster_hub(reactor, options["cluster"], max_message=options["max-message"])
+        hub = cluster_hub(reactor, options["cluster"], max_message=options["max-message"], **room_options(options))
     else:
-        hub = Hub.local(reactor, open_history(options), max_message=options["max-message"])
+        hub = Hub.local(reactor, open_history(options), max_message=options["max-message"], **room_options(options))
     config = options.config()
     fits, files = fit_connections(config.max_connections)
     if fits != config.max_connections:

@@ -42,7 +42,9 @@ class RecordingTransport(StringTransport):
         super().write(data)
 
 
-def make_factory(clock: Clock | None = None, max_message: int = 2000, **config: Any) -> ChatFactory:
+def make_factory(
+    clock: Clock | None = None, max_message: int = 2000, store: Any = None, hub_options: dict[str, Any] | None = None, **config: Any
+) -> ChatFactory:
     """A factory with its own hub, memory history and clock.
 
     The message rate limit, the request budget and the per-address cap
@@ -55,7 +57,8 @@ def make_factory(clock: Clock | None = None, max_message: int = 2000, **config: 
     config.setdefault("max_per_ip", 0)
     clock = clock if clock is not None else Clock()
     clock.advance(1_764_000_000)  # a realistic epoch (2025-11-24)
-    hub = Hub.local(clock, MemoryHistory(), max_message=max_message)
+    store = store if store is not None else MemoryHistory()
+    hub = Hub.local(clock, store, max_message=max_message, **(hub_options or {}))
     return ChatFactory(hub, ServerConfig(**config), clock)
 
 
@@ -159,8 +162,9 @@ def names_of(hub: Any) -> list[str]:
 
 def rebuild_hub(hub: Hub, store: Any) -> None:
     """Rebuild a single node's ``hub`` on ``store`` (a HistoryStore)."""
-    from chatd.core.local import LocalBus, LocalHistory
+    from chatd.core.local import LocalBus, LocalHistory, LocalRooms
 
     hub.history = LocalHistory(store)
+    hub.directory = LocalRooms(store)
     hub.bus = LocalBus(hub.clock, store, hub.metrics)
     hub.bus.subscribe(hub)

@@ -14,6 +14,7 @@ from chatd.frontends.json.encoding import encode_message
 from chatd.stores import history
 from chatd.stores.history import (
     MAX_PAGE,
+    SCHEMA_VERSION,
     HistoryBusy,
     HistoryError,
     HistoryStore,
@@ -201,7 +202,7 @@ class SQLiteHistoryTests(StoreContract, SynchronousTestCase):
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchone()[0], 1)
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchone()[0], SCHEMA_VERSION)
 
     def test_newer_schema_refused(self) -> None:
         self.store.close()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterable
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -157,6 +157,22 @@ class RedisBus:
             "user", user, "status", status, "node", self.node,
         )
         d.addErrback(self._log_failure, "announcing presence")
+
+    #: Other nodes may hold sessions.
+    remote = True
+
+    def announce_event(self, room: str, kind: str, content: dict[str, object]) -> None:
+        """Room events do not cross nodes yet (rooms other than #lobby are
+        not clustered yet)."""
+
+    def watch(self, room: str) -> Deferred[int]:
+        """Only the rooms this bus was built with are read."""
+        if room not in self._rooms:
+            return fail(HistoryError(f"no stream for the room {room!r}"))
+        return succeed(self._rooms[room].last_delivered)
+
+    def unwatch(self, room: str) -> None:
+        """Nothing to stop: only fixed rooms are read."""
 
     def flush(self) -> None:
         """Publish what this turn accepted now (at shutdown)."""

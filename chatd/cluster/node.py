@@ -40,6 +40,7 @@ def hub_on_links(
     max_message: int = 2000,
     metrics: Metrics | None = None,
     node: str | None = None,
+    **options: Any,
 ) -> Hub:
     """A hub whose names, bus and history are in the Redis behind the
     two links (real ones, or a test's)."""
@@ -49,15 +50,15 @@ def hub_on_links(
     bus = RedisBus(clock, commands, reader, node, max_message, metrics, skips)
     names = RedisNames(commands, node, when_ready=bus.when_ready)
     history = RedisHistory(commands, max_message, skips)
-    return Hub(clock, history, names, bus, max_message=max_message, metrics=metrics)
+    return Hub(clock, history, names, bus, max_message=max_message, metrics=metrics, **options)
 
 
-def cluster_hub(reactor: Any, url: str, max_message: int = 2000, metrics: Metrics | None = None) -> Hub:
+def cluster_hub(reactor: Any, url: str, max_message: int = 2000, metrics: Metrics | None = None, **options: Any) -> Hub:
     """A hub that is one node of the cluster on the Redis at ``url``
     (``redis://HOST:PORT/DB``); nothing connects before
     :class:`ClusterService` starts."""
     commands, reader = RedisLink.pair(reactor, url)
-    return hub_on_links(reactor, commands, reader, max_message, metrics)
+    return hub_on_links(reactor, commands, reader, max_message, metrics, **options)
 
 
 class ClusterService(MultiService):

@@ -17,7 +17,7 @@ its drafts fail and their senders get ``server_busy``).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,11 +25,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd import messages
-from chatd.core.rooms import Delivery, Draft
-from chatd.interfaces import IHistory, IMessageBus, INameRegistry, IReceiver
+from chatd.core.rooms import Delivery, Draft, is_dm
+from chatd.interfaces import IHistory, IMessageBus, INameRegistry, IReceiver, IRoomDirectory
 from chatd.messages import ChatError
 from chatd.metrics import Metrics
 from chatd.stores.history import HistoryBusy, HistoryError, HistoryStore, Retention, StoredMessage
+from chatd.stores.roomstate import RoomRecord
 
 #: Commits the database refused as locked are tried again after
 #: ``RETRY_FIRST`` seconds, each wait doubling up to ``RETRY_MAX``; after
@@ -61,6 +62,90 @@ class LocalNames:
     def names(self) -> Deferred[list[str]]:
         """Every name held, in login order."""
         return succeed(list(self._held.values()))
+
+
+@implementer(IRoomDirectory)
+class LocalRooms:
+    """Rooms kept in the local store; members are this process's sessions.
+
+    Every record is read from the store when first needed (twistd opens
+    the store, closes it and reopens it after it forks) and written back
+    when it changes.  Roles held by guests end with their sessions, so none
+    survives a restart: they are dropped as the records are read (the
+    accounts' roles, once there are accounts, stay).
+    """
+
+    def __init__(self, store: HistoryStore, is_account: Callable[[str], bool] = lambda name: False) -> None:
+        self.store = store
+        self.is_account = is_account
+        self._loaded: dict[str, RoomRecord] | None = None
+        self._members: dict[str, dict[str, str]] = {}  # key -> lower name -> name, in entry order
+
+    @property
+    def _records(self) -> dict[str, RoomRecord]:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def _load(self) -> dict[str, RoomRecord]:
+        """Every room's record from the store, guests' roles dropped."""
+        records = {}
+        for record in self.store.load_rooms():
+            ops = tuple(name for name in record.ops if self.is_account(name))
+            voiced = tuple(name for name in record.voiced if self.is_account(name))
+            records[record.key] = RoomRecord(
+                record.name, record.created, record.topic, record.topic_by, record.topic_set_at,
+                dict(record.modes), ops, voiced,
+            )
+        return records
+
+    def get(self, key: str) -> RoomRecord | None:
+        """The room's record, if it exists."""
+        return self._records.get(key)
+
+    def records(self) -> list[RoomRecord]:
+        """Every room's record."""
+        return list(self._records.values())
+
+    def create(self, name: str, created: str) -> Deferred[RoomRecord]:
+        """The room, created (and stored) with ``name``'s spelling if new."""
+        record = self._records.get(name.lower())
+        if record is not None:
+            return succeed(record)
+        return self._keep(RoomRecord(name, created))
+
+    def update(self, key: str, change: Callable[[RoomRecord], RoomRecord]) -> Deferred[RoomRecord]:
+        """Change the room's record and store it."""
+        return self._keep(change(self._records[key]))
+
+    def _keep(self, record: RoomRecord) -> Deferred[RoomRecord]:
+        try:
+            self.store.save_room(record)
+        except HistoryError:
+            return fail()
+        self._records[record.key] = record
+        return succeed(record)
+
+    def enter(self, key: str, name: str) -> Deferred[None]:
+        """``name`` entered the room."""
+        self._members.setdefault(key, {})[name.lower()] = name
+        return succeed(None)
+
+    def leave(self, key: str, name: str) -> None:
+        """``name`` left the room."""
+        members = self._members.get(key)
+        if members is not None:
+            members.pop(name.lower(), None)
+            if not members:
+                del self._members[key]
+
+    def members(self, key: str) -> Deferred[list[str]]:
+        """The room's members now, in entry order."""
+        return succeed(list(self._members.get(key, {}).values()))
+
+    def counts(self) -> Deferred[dict[str, int]]:
+        """Members now, per room that has any."""
+        return succeed({key: len(members) for key, members in self._members.items()})
 
 
 @implementer(IHistory)
@@ -129,6 +214,9 @@ class LocalBus:
         self._busy_since: float | None = None
         self._retry_delay = RETRY_FIRST
 
+    #: One node: every session is in this process.
+    remote = False
+
     def subscribe(self, receiver: IReceiver) -> None:
         """Stored batches go to ``receiver``."""
         self._receiver = receiver
@@ -136,10 +224,31 @@ class LocalBus:
     def announce(self, user: str, status: str, room: str) -> None:
         """A single node has no other node to tell."""
 
+    def announce_event(self, room: str, kind: str, content: dict[str, object]) -> None:
+        """A single node has no other node to tell."""
+
+    def watch(self, room: str) -> Deferred[int]:
+        """Every room is delivered here: its newest committed id.
+
+        Messages appended and not yet committed are delivered at their
+        commit, to whoever is a member then; history reads committed ones.
+        """
+        try:
+            return succeed(self.store.last_id(room))
+        except HistoryError:
+            return fail()
+
+    def unwatch(self, room: str) -> None:
+        """Nothing to stop: a single node delivers every room."""
+
     def publish(self, draft: Draft) -> None:
         """Give ``draft`` the next id of its room; commit with this turn's batch."""
         try:
-            message = self.store.append(draft.room, draft.sender, draft.text, draft.timestamp)
+            # Guests' DMs are live only: their ids are kept, not their text
+            # (section 6.3; accounts' sides are stored once there are accounts).
+            message = self.store.append(
+                draft.room, draft.sender, draft.text, draft.timestamp, to=draft.to, keep=not is_dm(draft.room)
+            )
         except HistoryError as problem:
             draft.settle(problem)
             return

@@ -10,6 +10,7 @@ and keep their own correlation (a JSON ``ref``) by draft.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,6 +26,29 @@ if TYPE_CHECKING:
 #: is named (the default room is chosen in :class:`chatd.core.hub.Hub`).
 LOBBY = "#lobby"
 
+#: A room name (PROTOCOL.md section 6.2), matched whole.
+ROOM_NAME = re.compile(r"#[A-Za-z0-9_-]{1,48}")
+ROOM_NAME_LENGTH = 48
+
+#: A conversation's key starts with this (room names start with ``#``).
+DM_PREFIX = "@"
+
+
+def dm_key(first: str, second: str) -> str:
+    """The key of the conversation between two names, in either order:
+    ids count per key, and history is kept under it."""
+    return DM_PREFIX + " ".join(sorted((first.lower(), second.lower())))
+
+
+def dm_parties(key: str) -> list[str]:
+    """The lower-cased names of a conversation's key (one, to oneself)."""
+    return sorted(set(key[len(DM_PREFIX):].split(" ")))
+
+
+def is_dm(room: str) -> bool:
+    """Whether ``room`` is a conversation's key."""
+    return room.startswith(DM_PREFIX)
+
 
 @dataclass(eq=False)
 class Draft:
@@ -38,11 +62,12 @@ class Draft:
     no Deferred each).
     """
 
-    room: str
+    room: str  # a room's canonical name, or a conversation's key (dm_key)
     sender: str
     text: str
     timestamp: str
     origin: Any = None  # the ISession that posted it
+    to: str | None = None  # a direct message's recipient
     awaited: bool = False  # the origin waits for it (set by the session)
     settled: bool = False
     result: Any = field(default=None, repr=False)  # the StoredMessage, or a Failure
@@ -119,6 +144,11 @@ class Room:
         # Keyed by identity; dict order is the order they entered.
         self._members: dict[int, ISession] = {}
 
+    @property
+    def key(self) -> str:
+        """The name compared case-insensitively."""
+        return self.name.lower()
+
     def add(self, session: ISession) -> None:
         """``session`` enters the room."""
         self._members[id(session)] = session
@@ -158,3 +188,11 @@ class Room:
         for session in list(self._members.values()):
             if session is not subject:
                 session.presence(user, status, self.name)
+
+    def notify(self, kind: str, content: dict[str, Any]) -> None:
+        """Tell every member an event of the room (``topic``, ...)."""
+        for session in list(self._members.values()):
+            try:
+                session.notify(kind, content)
+            except Exception:
+                self.log.failure("telling {user} of {kind} in {room} failed", user=session.name, kind=kind, room=self.name)

@@ -214,6 +214,7 @@ class Session(Generic[RequestT]):
     log = Logger()
 
     name: str | None = None
+    version = 1  # the protocol version spoken (ISession): 2 once a JSON client sent hello
     output: OutputFraming | None = None
     closing = False
     peer_address: IAddress | None = None
@@ -246,6 +247,9 @@ class Session(Generic[RequestT]):
         self.wire = wire
         self._events: deque[tuple[RequestT, float]] = deque()
         self.rate = TokenBucket(clock, settings.msg_rate, settings.msg_burst)
+        # join, part, a topic that sets (and moderation): a bucket of their
+        # own, as large and as fast as the message bucket (a churn guard).
+        self.churn = TokenBucket(clock, settings.msg_rate, settings.msg_burst)
         # Rejections are forgiven at the allowed rate: sending at several
         # times the rate fills this within seconds, and then we hang up.
         self.flood = FloodMeter(clock, settings.msg_rate, 2 * settings.msg_burst)
@@ -300,6 +304,10 @@ class Session(Generic[RequestT]):
 
     def write_presence(self, user: str, status: str, room: str) -> None:
         """Tell the client (if its protocol knows presence) who came or went."""
+        raise NotImplementedError
+
+    def write_event(self, kind: str, content: dict[str, object]) -> None:
+        """Tell the client (if its protocol knows it) of a room event."""
         raise NotImplementedError
 
     def send_error(self, code: str, text: str) -> None:
@@ -475,7 +483,7 @@ class Session(Generic[RequestT]):
 
     # -- messages --------------------------------------------------------
 
-    def post(self, text: str) -> Draft | None:
+    def post(self, text: str, room: str | None = None, to: str | None = None) -> Draft | None:
         """Post ``text`` within the message rate: the draft, or None if the
         session is closed for flooding.  Raises ``ChatError``
         (``rate_limited``, or the core's refusal of the text).
@@ -491,7 +499,7 @@ class Session(Generic[RequestT]):
                 self.close_after_output()
                 return None
             raise ChatError(messages.RATE_LIMITED, "Slow down: you are sending messages too fast.")
-        draft = self.hub.post(self, text)
+        draft = self.hub.post(self, text, room=room, to=to)
         self.rate.take()
         return draft
 
@@ -563,6 +571,22 @@ class Session(Generic[RequestT]):
         if self.output is None or self.closing:
             return
         self.write_presence(user, status, room)
+
+    def notify(self, kind: str, content: dict[str, object]) -> None:
+        """A room event (``topic``, ...) for the client (nothing once closing)."""
+        if self.output is None or self.closing:
+            return
+        self.write_event(kind, content)
+
+    def churn_check(self) -> None:
+        """``rate_limited`` when the join/part/topic bucket is empty (the
+        token is taken by :meth:`churn_taken`, once the request succeeded)."""
+        if not self.churn.available():
+            raise ChatError(messages.RATE_LIMITED, "Slow down: you are joining, leaving or changing rooms too fast.")
+
+    def churn_taken(self) -> None:
+        """A join, part or topic change succeeded: it takes its token."""
+        self.churn.take()
 
     def name_lost(self) -> None:
         """Our name went to a user on another node while this node was cut

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from twisted.logger import Logger
 
 from chatd import messages
+from chatd.stores.roomstate import RoomRecord
 
 #: The largest page a ``history`` request may ask for.
 MAX_PAGE = 500
@@ -56,10 +57,11 @@ class StoredMessage:
     """
 
     id: int
-    room: str
+    room: str  # the room's canonical name, or a conversation's key (see chatd.core.rooms.dm_key)
     sender: str
     text: str
     timestamp: str
+    to: str | None = None  # a direct message's recipient, as the sender's server spelled it
 
 
 @dataclass(frozen=True)
@@ -105,19 +107,36 @@ class HistoryStore:
         self._last_ids: dict[str, int] = {}
         self._committed_ids: dict[str, int] = {}
         self._pending: list[StoredMessage] = []
+        # Pending messages that take an id but are not kept (DMs between
+        # guests): their ids are written, their text is not.
+        self._unkept: set[int] = set()
         # Why the last commit failed; None once a write succeeds again.
         self._write_failure: str | None = None
 
     # -- writing ---------------------------------------------------------
 
-    def append(self, room: str, sender: str, text: str, timestamp: str) -> StoredMessage:
-        """Give a message the next id of ``room``; pending until :meth:`commit`."""
+    def append(
+        self, room: str, sender: str, text: str, timestamp: str, to: str | None = None, keep: bool = True
+    ) -> StoredMessage:
+        """Give a message the next id of ``room``; pending until :meth:`commit`.
+
+        ``keep`` false: only the id is stored (the room's last id moves
+        on at the commit, so it is never reused), not the message.
+        """
         if room not in self._last_ids:
             self._last_ids[room] = self._committed_ids[room] = self._load_last_id(room)
-        message = StoredMessage(self._last_ids[room] + 1, room, sender, text, timestamp)
+        message = StoredMessage(self._last_ids[room] + 1, room, sender, text, timestamp, to)
         self._last_ids[room] = message.id
         self._pending.append(message)
+        if not keep:
+            self._unkept.add(id(message))
         return message
+
+    def _kept(self, batch: list[StoredMessage]) -> list[StoredMessage]:
+        """The messages of ``batch`` whose text is stored."""
+        if not self._unkept:
+            return batch
+        return [message for message in batch if id(message) not in self._unkept]
 
     @property
     def pending(self) -> int:
@@ -148,6 +167,9 @@ class HistoryStore:
         except HistoryError as problem:
             self._batch_failed(str(problem))
             raise
+        finally:
+            if not self._pending:
+                self._unkept.clear()
         self._write_failure = None
         for message in batch:
             self._committed_ids[message.room] = message.id
@@ -188,6 +210,16 @@ class HistoryStore:
     def close(self) -> None:
         """Release the store's resources (pending messages are committed)."""
         self.commit()
+
+    # -- rooms -----------------------------------------------------------
+
+    def load_rooms(self) -> list[RoomRecord]:
+        """Every room's lasting state (the hub reads them at start)."""
+        raise NotImplementedError
+
+    def save_room(self, record: RoomRecord) -> None:
+        """Keep ``record`` (a new room, or a room whose state changed)."""
+        raise NotImplementedError
 
     # -- reading ---------------------------------------------------------
 
@@ -256,14 +288,25 @@ class MemoryHistory(HistoryStore):
     def __init__(self) -> None:
         super().__init__()
         self._rooms: dict[str, list[StoredMessage]] = {}
+        self._written_ids: dict[str, int] = {}
+        self._records: dict[str, RoomRecord] = {}
+
+    def load_rooms(self) -> list[RoomRecord]:
+        """Every room kept in this process."""
+        return list(self._records.values())
+
+    def save_room(self, record: RoomRecord) -> None:
+        """Keep ``record`` in this process."""
+        self._records[record.key] = record
 
     def _load_last_id(self, room: str) -> int:
-        stored = self._rooms.get(room)
-        return stored[-1].id if stored else 0
+        return self._written_ids.get(room, 0)
 
     def _write(self, batch: list[StoredMessage]) -> None:
-        for message in batch:
+        for message in self._kept(batch):
             self._rooms.setdefault(message.room, []).append(message)
+        for message in batch:
+            self._written_ids[message.room] = message.id
 
     def _newest(self, room: str, limit: int | None) -> list[StoredMessage]:
         stored = self._rooms.get(room, [])
@@ -304,7 +347,7 @@ def _first_index_above(stored: list[StoredMessage], message_id: int) -> int:
     return low
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Each entry upgrades the schema from the version before it.
 MIGRATIONS: dict[int, list[str]] = {
@@ -313,6 +356,12 @@ MIGRATIONS: dict[int, list[str]] = {
         " text TEXT NOT NULL, timestamp TEXT NOT NULL, PRIMARY KEY (room, id)) WITHOUT ROWID",
         # Each room's last id, kept apart so that pruning never frees an id.
         "CREATE TABLE rooms (room TEXT PRIMARY KEY, last_id INTEGER NOT NULL) WITHOUT ROWID",
+    ],
+    # Many rooms (issue 15): each room's lasting state (spelling, topic,
+    # modes, roles) as one JSON record, keyed by the lower-cased name.
+    # ``rooms`` keeps holding last ids only (of conversations too).
+    2: [
+        "CREATE TABLE room_state (key TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID",
     ],
 }
 
@@ -703,15 +752,37 @@ class SQLiteHistory(HistoryStore):
             raise HistoryError(f"history database {self.path} holds a malformed last id for {room}: {last!r}")
         return last
 
+    def load_rooms(self) -> list[RoomRecord]:
+        """Every room's record; a malformed one is logged and left out."""
+        records = []
+        for key, text in self._query("SELECT key, record FROM room_state", ()):
+            try:
+                records.append(RoomRecord.from_json(text))
+            except (ValueError, TypeError) as problem:
+                self.log.error("history database {path}: room {key!r} is malformed: {problem}", path=self.path, key=key, problem=str(problem))
+        return records
+
+    def save_room(self, record: RoomRecord) -> None:
+        """Write ``record`` at once, in a transaction of its own."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO room_state (key, record) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+                (record.key, record.to_json()),
+            )
+
+        self._transaction(self._writable(), work)
+
     def _write(self, batch: list[StoredMessage]) -> None:
         last_ids: dict[str, int] = {}
         for message in batch:
             last_ids[message.room] = message.id
+        kept = self._kept(batch)
 
         def work(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT INTO messages (room, id, sender, text, timestamp) VALUES (?, ?, ?, ?, ?)",
-                [(m.room, m.id, m.sender, m.text, m.timestamp) for m in batch],
+                [(m.room, m.id, m.sender, m.text, m.timestamp) for m in kept],
             )
             db.executemany(
                 "INSERT INTO rooms (room, last_id) VALUES (?, ?)"

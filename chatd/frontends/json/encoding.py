@@ -12,12 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 from chatd import messages
-from chatd.core.rooms import Delivery
+from chatd.core.rooms import LOBBY, Delivery
 from chatd.stores.history import StoredMessage
 
 
 def message_response(message: StoredMessage, **extra: Any) -> dict[str, Any]:
-    """The ``message`` response for ``message`` (``extra`` keys last)."""
+    """The ``message`` response for ``message`` (``extra`` keys last).
+
+    A ``#lobby`` message carries no ``room`` key (section 6.1: the same
+    bytes serve v1 and v2); another room's carries ``room``, a DM ``to``.
+    """
+    if message.to is not None:
+        return messages.response(
+            "message", message.text, message.timestamp, sender=message.sender, id=message.id, to=message.to, **extra
+        )
+    if message.room != LOBBY:
+        return messages.response(
+            "message", message.text, message.timestamp, sender=message.sender, id=message.id, room=message.room, **extra
+        )
     return messages.response("message", message.text, message.timestamp, sender=message.sender, id=message.id, **extra)
 
 

@@ -23,13 +23,23 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import __version__, messages
-from chatd.core.hub import DEFAULT_ROOM
-from chatd.core.rooms import Delivery, Draft
+from chatd.core.hub import DEFAULT_ROOM, MAX_TOPIC, Joined, record_modes
+from chatd.core.rooms import ROOM_NAME_LENGTH, Delivery, Draft
 from chatd.core.session import DEFAULT_BUFFER_SIZE, OutputFraming, Session, Wire
 from chatd.frontends.json.encoding import delivery_lines, delivery_payloads, encode_message, message_response
 from chatd.frontends.json.framing import CLASSIC, LINES, ClassicOutput, Decoded, LinesOutput, StreamDecoder
+from chatd.frontends.json.requests import (
+    PARSERS,
+    HistoryRequest,
+    MsgRequest,
+    NamesRequest,
+    PlainRequest,
+    RoomRequest,
+    TopicRequest,
+)
 from chatd.messages import ChatError
 from chatd.stores.history import MAX_PAGE, HistoryError, StoredMessage
+from chatd.stores.roomstate import RoomRecord
 from chatd.twisted_compat import writer_for
 
 if TYPE_CHECKING:
@@ -41,27 +51,26 @@ CLASSIC_READ_SIZE = 4096
 #: Requests a connection may make before it logs in.
 PRE_LOGIN = frozenset({"login", "help", "hello", "ping"})
 
-#: The content type a request must carry, where it is not ignored; a
-#: wrong type is ``bad_request``.  ``login`` checks its own content
+#: The content type a request must carry, where it is not ignored and
+#: the request has no parser of its own (``requests.PARSERS``); a wrong
+#: type is ``bad_request``.  ``login`` checks its own content
 #: (``invalid_username``).
 CONTENT_TYPES: dict[str, tuple[type, ...]] = {
-    "msg": (str,),
     "hello": (dict,),
-    "history": (dict, type(None)),
 }
 
-#: What ``hello`` announces (PROTOCOL.md section 5).
-FEATURES = ["ping", "history", "ref", "presence"]
+#: What ``hello`` announces (PROTOCOL.md sections 5 and 6.7).
+FEATURES = ["ping", "history", "ref", "presence", "rooms", "dm", "topic"]
 PROTOCOL_VERSION = 2
+
+#: The answer to a v2-only request from a connection without hello (section 6.1).
+NEEDS_HELLO = "Send hello first: this request needs protocol 2."
 MAX_REF_LENGTH = 128
 
 #: Request budget costs (see :func:`request_cost`): a request costs 1
 #: unit, plus this much per history row or listed name it may return.
 COST_PER_ROW = 1 / 25
 COST_PER_NAME = 1 / 100
-
-#: The largest message id (SQLite's INTEGER is 64-bit signed).
-MAX_ID = 2**63 - 1
 
 
 def trimmed_history(payloads: list[bytes], timestamp: str, limit: int) -> list[str]:
@@ -124,6 +133,9 @@ class ChatProtocol(Session[Decoded], Protocol):
         self.decoder = StreamDecoder(config.max_request)
         # The ref of each of our messages not yet delivered that carried one.
         self._refs: dict[Draft, Any] = {}
+        # Rooms whose join is being answered, and what came for them meanwhile.
+        self._joining: set[str] = set()
+        self._held_deliveries: list[Delivery] = []
         self._transport_write = write
         self.start_session(self.factory.hub, self.factory.clock, config, wire, buffer_size)
 
@@ -240,13 +252,19 @@ class ChatProtocol(Session[Decoded], Protocol):
                 messages.UNKNOWN_REQUEST,
                 f"Unknown request {_quote(kind)}. Send {{\"request\": \"help\"}} for the list.",
             )
+        parser = PARSERS.get(kind)
         content = request.get("content")
-        expected = CONTENT_TYPES.get(kind)
-        if expected is not None and not isinstance(content, expected):
-            wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
-            raise ChatError(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be {wanted}.")
+        if parser is not None:
+            content = parser(request)
+        else:
+            expected = CONTENT_TYPES.get(kind)
+            if expected is not None and not isinstance(content, expected):
+                wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
+                raise ChatError(messages.BAD_REQUEST, f"Bad request: the content of '{kind}' must be {wanted}.")
         if self.name is None and kind not in PRE_LOGIN:
             raise ChatError(messages.NOT_LOGGED_IN, "You are not logged in. Log in first.")
+        if self.version < PROTOCOL_VERSION and getattr(content, "needs_v2", False):
+            raise ChatError(messages.FORBIDDEN, NEEDS_HELLO)
         return handler(content)
 
     # -- requests --------------------------------------------------------
@@ -268,13 +286,14 @@ class ChatProtocol(Session[Decoded], Protocol):
         self.logged_out()
         self.send_info("Logout successful")
 
-    def request_msg(self, content: str) -> None:
-        """``msg``: the hub stores the message, then sends it to everyone.
+    def request_msg(self, request: MsgRequest) -> None:
+        """``msg``: the hub stores the message, then sends it to the room
+        (or to both sides of a DM).
 
         Further requests wait until it is stored and sent, so their
         responses come after the echo (which carries the request's ref).
         """
-        draft = self.post(content)
+        draft = self.post(request.text, room=request.room, to=request.to)
         if draft is None:
             return  # flooding: the session closes
         ref = self._ref
@@ -306,9 +325,91 @@ class ChatProtocol(Session[Decoded], Protocol):
         finally:
             self._ref = None
 
-    def request_names(self, content: Any) -> Deferred[None]:
-        """``names``: the logged-in users in login order."""
-        return self.factory.hub.names().addCallback(lambda names: self.send_info(", ".join(names)))
+    def request_names(self, request: NamesRequest) -> Deferred[None]:
+        """``names``: the users of ``#lobby`` in login order, or of a room
+        in the order they joined."""
+        hub = self.factory.hub
+        if request.room is None:
+            return hub.names().addCallback(lambda names: self.send_info(", ".join(names)))
+        record = hub.readable(self, request.room)
+        return hub.names(record.name).addCallback(lambda names: self.send_info(", ".join(names), room=record.name))
+
+    def request_join(self, request: RoomRequest) -> Deferred[Any]:
+        """``join`` (v2): enter a room, created if new; its info and history."""
+        self.churn_check()
+        self._joining.add(request.room.lower())
+        d = self.factory.hub.join(self, request.room)
+        d.addCallback(self._joined_room)
+        return d.addBoth(self._join_answered, request.room.lower())
+
+    def _joined_room(self, joined: Joined) -> None:
+        self.churn_taken()
+        record = joined.record
+        ops = set(record.ops)
+        voiced = set(record.voiced)
+        self.send_info(
+            f"Joined {record.name}",
+            room=record.name,
+            topic=record.topic,
+            members=joined.members,
+            ops=[name for name in joined.members if name.lower() in ops],
+            voiced=[name for name in joined.members if name.lower() in voiced],
+            modes=record_modes(record, record.key),
+        )
+        if joined.history is not None:
+            content = [message_response(message) for message in joined.history]
+            self.send_response(messages.response("history", content, self.factory.hub.now(), room=record.name))
+
+    def _join_answered(self, result: object, key: str) -> object:
+        """The join is answered: what arrived for the room meanwhile follows."""
+        self._joining.discard(key)
+        held = [delivery for delivery in self._held_deliveries if delivery.room.lower() == key]
+        if held:
+            self._held_deliveries = [delivery for delivery in self._held_deliveries if delivery.room.lower() != key]
+            for delivery in held:
+                self.deliver(delivery)
+        return result
+
+    def request_part(self, request: RoomRequest) -> None:
+        """``part`` (v2): leave a room."""
+        self.churn_check()
+        record = self.factory.hub.part(self, request.room)
+        self.churn_taken()
+        self.send_info(f"Left {record.name}", room=record.name)
+
+    def request_rooms(self, request: PlainRequest) -> Deferred[None]:
+        """``rooms`` (v2): the rooms one may see, with member counts."""
+        return self.factory.hub.room_list(self).addCallback(self._send_rooms)
+
+    def _send_rooms(self, rooms: list[tuple[RoomRecord, int]]) -> None:
+        listed = [
+            {
+                "room": record.name,
+                "members": count,
+                "topic": record.topic,
+                "invite_only": bool(record.modes.get("invite_only")),
+                "secret": bool(record.modes.get("secret")),
+            }
+            for record, count in rooms
+        ]
+        text = ", ".join(f"{entry['room']} ({entry['members']})" for entry in listed)
+        self.send_info(text, rooms=listed)
+
+    def request_topic(self, request: TopicRequest) -> Any:
+        """``topic`` (v2): read a room's topic, or set it (``""`` clears)."""
+        hub = self.factory.hub
+        if request.topic is None:
+            record = hub.readable(self, request.room)
+            text = f"Topic of {record.name}: {record.topic}" if record.topic else f"{record.name} has no topic."
+            self.send_info(text, room=record.name, topic=record.topic, by=record.topic_by, set_at=record.topic_set_at)
+            return None
+        self.churn_check()
+        return hub.topic(self, request.room, request.topic, self._topic_set)
+
+    def _topic_set(self, record: RoomRecord) -> None:
+        """Answered before the members (the setter among them) get ``topic``."""
+        self.churn_taken()
+        self.send_info(f"Topic of {record.name} set", room=record.name)
 
     def request_help(self, content: Any) -> None:
         """``help``: every request and its content."""
@@ -328,6 +429,9 @@ class ChatProtocol(Session[Decoded], Protocol):
             "max_message": self.factory.hub.max_message,
             "history_page": MAX_PAGE,
             "history_on_login": "all" if history_on_login is None else history_on_login,
+            "room_name": ROOM_NAME_LENGTH,
+            "topic": MAX_TOPIC,
+            "rooms_per_user": self.factory.hub.max_rooms_per_user,
         }
         content = {"protocol": PROTOCOL_VERSION, "server": f"chatd/{__version__}", "features": FEATURES, "limits": limits}
         self.send_response(messages.response("hello", content, self.factory.hub.now()))
@@ -336,25 +440,28 @@ class ChatProtocol(Session[Decoded], Protocol):
         """``ping`` (v2): ``pong`` echoing the content."""
         self.send_response(messages.response("pong", content, self.factory.hub.now()))
 
-    def request_history(self, content: dict[str, Any] | None) -> Any:
+    def request_history(self, request: HistoryRequest) -> Any:
         """``history`` (v2): a page before or after an id, oldest first, with ``more``."""
-        query = content or {}
-        room = query.get("room", DEFAULT_ROOM)
-        if not isinstance(room, str):
-            raise ChatError(messages.BAD_REQUEST, "Bad request: 'room' must be a string.")
-        if room.lower() != DEFAULT_ROOM:
-            raise ChatError(messages.NO_SUCH_ROOM, f"No such room: {_quote(room)}.")
-        before, after = _id_field(query, "before"), _id_field(query, "after")
-        if before is not None and after is not None:
-            raise ChatError(messages.BAD_REQUEST, "Bad request: give 'before' or 'after', not both.")
-        limit = _id_field(query, "limit")
-        page = self.factory.hub.page(DEFAULT_ROOM, before, after, DEFAULT_PAGE if limit is None else limit)
-        return page.addCallback(self._send_page)
+        hub = self.factory.hub
+        if request.with_name is not None:
+            # Stored DMs are an account's (section 6.3): a guest has none.
+            raise ChatError(messages.FORBIDDEN, "Only accounts have stored direct messages; guests' are live only.")
+        room, label = DEFAULT_ROOM, None
+        if request.room is not None:
+            record = hub.record(request.room)
+            if record.key != DEFAULT_ROOM:
+                if not hub.in_room(self, record.key):
+                    raise ChatError(messages.NOT_IN_ROOM, f"You are not in {record.name}.")
+                room = label = record.name
+        limit = DEFAULT_PAGE if request.limit is None else request.limit
+        page = hub.page(room, request.before, request.after, limit)
+        return page.addCallback(self._send_page, label)
 
-    def _send_page(self, page: tuple[list[StoredMessage], bool]) -> None:
+    def _send_page(self, page: tuple[list[StoredMessage], bool], room: str | None) -> None:
         found, more = page
         history = self._history_content(found)
-        self.send_response(messages.response("history", history, self.factory.hub.now(), more=more))
+        extra: dict[str, Any] = {"more": more} if room is None else {"room": room, "more": more}
+        self.send_response(messages.response("history", history, self.factory.hub.now(), **extra))
 
     # -- output ----------------------------------------------------------
 
@@ -377,9 +484,9 @@ class ChatProtocol(Session[Decoded], Protocol):
         self.factory.hub.metrics.errors.labels(code).inc()
         self.send_response(messages.error(code, text, self.factory.hub.now()))
 
-    def send_info(self, text: str) -> None:
-        """Send an ``info`` response."""
-        self.send_response(messages.info(text, self.factory.hub.now()))
+    def send_info(self, text: str, **extra: Any) -> None:
+        """Send an ``info`` response (``extra`` keys after its content)."""
+        self.send_response(messages.info(text, self.factory.hub.now(), **extra))
 
     def write_delivery(self, delivery: Delivery) -> None:
         """Fan-out: a stored batch, encoded once for every JSON member.
@@ -388,6 +495,10 @@ class ChatProtocol(Session[Decoded], Protocol):
         when the batch holds one of our own messages that carried a
         ``ref`` is that echo encoded again, with it.
         """
+        if self._joining and delivery.room.lower() in self._joining:
+            # Its join is not answered yet: the info and history go first.
+            self._held_deliveries.append(delivery)
+            return
         output = self.output
         assert output is not None  # the session checked
         if self._refs and delivery.posted_by(self):
@@ -407,12 +518,15 @@ class ChatProtocol(Session[Decoded], Protocol):
 
     def write_presence(self, user: str, status: str, room: str) -> None:
         """v2 only: who came or went (a v1 client never gets this type)."""
+        self.write_event("presence", {"user": user, "status": status, "room": room})
+
+    def write_event(self, kind: str, content: dict[str, Any]) -> None:
+        """v2 only: an unsolicited response (``presence``, ``topic``, ...)."""
         if self.version < PROTOCOL_VERSION:
             return
-        content = {"user": user, "status": status, "room": room}
         saved, self._ref = self._ref, None  # unsolicited: no ref
         try:
-            self.send_response(messages.response("presence", content, self.factory.hub.now()))
+            self.send_response(messages.response(kind, content, self.factory.hub.now()))
         finally:
             self._ref = saved
 
@@ -509,16 +623,6 @@ def _valid_ref(ref: Any) -> bool:
     if isinstance(ref, str):
         return len(ref) <= MAX_REF_LENGTH
     return isinstance(ref, int) and not isinstance(ref, bool)
-
-
-def _id_field(query: dict[str, Any], key: str) -> int | None:
-    """An optional non-negative integer field of a ``history`` request."""
-    value = query.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
-        raise ChatError(messages.BAD_REQUEST, f"Bad request: '{key}' must be a whole number from 0 to 2**63-1.")
-    return value
 
 
 def _quote(text: str) -> str:

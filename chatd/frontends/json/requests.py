@@ -1,0 +1,197 @@
+"""The shapes of the JSON requests of PROTOCOL.md sections 5 and 6.
+
+Each ``parse_<type>`` checks a decoded request's fields (``bad_request``
+for a field missing or of the wrong type, the first check after the
+request type) and returns what the handler needs.  :func:`needs_v2` says
+whether the parsed request is one a connection without ``hello`` may not
+make (``forbidden``, section 6.1).  Nothing here knows rooms or users:
+the hub checks names, rooms and permissions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from chatd import messages
+from chatd.core.rooms import LOBBY
+from chatd.messages import ChatError
+
+#: A ``comment`` longer than this many code points is cut (section 6.5).
+MAX_COMMENT = 390
+
+
+def bad_request(text: str) -> ChatError:
+    """A ``bad_request`` error with ``text``."""
+    return ChatError(messages.BAD_REQUEST, f"Bad request: {text}")
+
+
+def _optional_string(request: dict[str, Any], key: str, where: str = "") -> str | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"'{key}'{where} must be a string.")
+    return value
+
+
+def _is_lobby(room: str | None) -> bool:
+    return room is None or room.lower() == LOBBY
+
+
+@dataclass(frozen=True)
+class MsgRequest:
+    """``msg``: the text, for a room or a name (neither: ``#lobby``)."""
+
+    text: str
+    room: str | None = None
+    to: str | None = None
+
+    @property
+    def needs_v2(self) -> bool:
+        """A DM, or a room other than ``#lobby``."""
+        return self.to is not None or not _is_lobby(self.room)
+
+
+def parse_msg(request: dict[str, Any]) -> MsgRequest:
+    """``{"request": "msg", "content": text, "room"?: name, "to"?: name}``."""
+    content = request.get("content")
+    if not isinstance(content, str):
+        raise bad_request("the content of 'msg' must be a string.")
+    room = _optional_string(request, "room")
+    to = _optional_string(request, "to")
+    if room is not None and to is not None:
+        raise bad_request("give 'room' or 'to', not both.")
+    return MsgRequest(content, room, to)
+
+
+@dataclass(frozen=True)
+class RoomRequest:
+    """``join``, ``part``: a room and, for ``part``, a comment."""
+
+    room: str
+    comment: str | None = None
+    needs_v2 = True
+
+
+def parse_room_request(request: dict[str, Any]) -> RoomRequest:
+    """``"#dev"`` or ``{"room": "#dev", "comment"?: text}``."""
+    content = request.get("content")
+    if isinstance(content, str):
+        return RoomRequest(content)
+    if not isinstance(content, dict):
+        raise bad_request(f"the content of '{request.get('request')}' must be a room name or an object with 'room'.")
+    room = content.get("room")
+    if not isinstance(room, str):
+        raise bad_request("'room' must be a string.")
+    comment = _optional_string(content, "comment")
+    return RoomRequest(room, None if comment is None else comment[:MAX_COMMENT])
+
+
+@dataclass(frozen=True)
+class NamesRequest:
+    """``names``: of ``#lobby`` (no room given) or of a room."""
+
+    room: str | None = None
+
+    @property
+    def needs_v2(self) -> bool:
+        """A room other than ``#lobby``."""
+        return not _is_lobby(self.room)
+
+
+def parse_names(request: dict[str, Any]) -> NamesRequest:
+    """Content ignored (section 2), or ``{"room": name}``."""
+    content = request.get("content")
+    if not isinstance(content, dict):
+        return NamesRequest()
+    return NamesRequest(_optional_string(content, "room"))
+
+
+@dataclass(frozen=True)
+class TopicRequest:
+    """``topic``: read (``topic`` None) or set (``""`` clears)."""
+
+    room: str
+    topic: str | None = None
+    needs_v2 = True
+
+
+def parse_topic(request: dict[str, Any]) -> TopicRequest:
+    """``{"room": name, "topic"?: text}``."""
+    content = request.get("content")
+    if not isinstance(content, dict):
+        raise bad_request("the content of 'topic' must be an object with 'room'.")
+    room = content.get("room")
+    if not isinstance(room, str):
+        raise bad_request("'room' must be a string.")
+    return TopicRequest(room, _optional_string(content, "topic"))
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    """``history``: a page of a room or of a conversation."""
+
+    room: str | None
+    with_name: str | None
+    before: int | None
+    after: int | None
+    limit: int | None
+
+    @property
+    def needs_v2(self) -> bool:
+        """A conversation, or a room other than ``#lobby``."""
+        return self.with_name is not None or not _is_lobby(self.room)
+
+
+#: The largest message id (SQLite's INTEGER is 64-bit signed).
+MAX_ID = 2**63 - 1
+
+
+def _id_field(query: dict[str, Any], key: str) -> int | None:
+    """An optional non-negative integer field of a ``history`` request."""
+    value = query.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise bad_request(f"'{key}' must be a whole number from 0 to 2**63-1.")
+    return value
+
+
+def parse_history(request: dict[str, Any]) -> HistoryRequest:
+    """``{"room"?, "with"?, "before"?, "after"?, "limit"?}`` or nothing."""
+    content = request.get("content")
+    if content is not None and not isinstance(content, dict):
+        raise bad_request("the content of 'history' must be an object or null.")
+    query = content or {}
+    room = _optional_string(query, "room")
+    with_name = _optional_string(query, "with")
+    if room is not None and with_name is not None:
+        raise bad_request("give 'room' or 'with', not both.")
+    before, after = _id_field(query, "before"), _id_field(query, "after")
+    if before is not None and after is not None:
+        raise bad_request("give 'before' or 'after', not both.")
+    return HistoryRequest(room, with_name, before, after, _id_field(query, "limit"))
+
+
+@dataclass(frozen=True)
+class PlainRequest:
+    """A request of v2 only whose content is ignored (``rooms``)."""
+
+    needs_v2 = True
+
+
+def parse_rooms(request: dict[str, Any]) -> PlainRequest:
+    """``rooms``: content ignored."""
+    return PlainRequest()
+
+
+#: The parser of each request type that has one; the others are checked
+#: by content type alone (``CONTENT_TYPES`` in the protocol).
+PARSERS = {
+    "msg": parse_msg,
+    "join": parse_room_request,
+    "part": parse_room_request,
+    "names": parse_names,
+    "topic": parse_topic,
+    "history": parse_history,
+    "rooms": parse_rooms,
+}

@@ -45,7 +45,14 @@ HELP_TEXT = (
     "For logout, names and help the content is ignored. "
     "Protocol 2 (opt in with hello {\"protocol\": 2}): "
     "ping <any> - answered with pong; "
-    "history {\"before\"|\"after\": id, \"limit\": n} - a page of history; "
+    "history {\"room\"?, \"before\"|\"after\": id, \"limit\": n} - a page of a room's history; "
+    "join <#room> - enter a room, created if new; "
+    "part <#room> or {\"room\", \"comment\"?} - leave a room; "
+    "rooms - list the rooms with their member counts; "
+    "names {\"room\"} - list a room's members; "
+    "topic {\"room\", \"topic\"?} - read a room's topic, or set it (\"\" clears); "
+    "msg with top-level \"room\": \"#dev\" - send to a room; "
+    "msg with top-level \"to\": \"name\" - a direct message; "
     "any request may carry \"ref\", echoed in its responses."
 )
 

@@ -157,6 +157,17 @@ class PartTests(RoomsTestCase):
         alice.send("msg", "still here", room="#dev")
         self.assertEqual(bob.received(), [])
 
+    def test_part_comment_reaches_the_members(self) -> None:
+        alice, bob = self.v2("alice"), self.v2("bob")
+        self.join(alice, "#dev")
+        self.join(bob, "#dev")
+        alice.received()
+        bob.send("part", {"room": "#dev", "comment": "bye\nfor now\x07"})
+        self.assertEqual(bob.one()["content"], "Left #dev")
+        presence = alice.one()
+        self.assertEqual(presence["response"], "presence")
+        self.assertEqual(presence["content"], {"user": "bob", "status": "offline", "room": "#dev", "comment": "bye for now"})
+
     def test_part_errors_in_order(self) -> None:
         alice = self.v2("alice")
         alice.send("part", "dev")

@@ -65,3 +65,27 @@ class SchemaOneFixtureTests(SynchronousTestCase):
             self.assertEqual(db.execute("SELECT max(version) FROM schema_version").fetchone(), (1,))
         finally:
             db.close()
+
+    def test_migrated_in_place_to_rooms(self) -> None:
+        """Schema 2 (rooms) is added in place: the history stays, rooms
+        are kept beside it, and ids go on per room."""
+        import sqlite3
+
+        from chatd.stores.history import SCHEMA_VERSION
+        from chatd.stores.roomstate import RoomRecord
+
+        store = self.open()
+        store.save_room(RoomRecord("#Dev", "2026-12-02T08:00:00.000Z", topic="kept"))
+        self.assertEqual(store.append("#Dev", "carol", "first", "2026-12-02T08:00:01.000Z").id, 1)
+        self.assertEqual(store.append("#lobby", "carol", "next", "2026-12-02T08:00:01.000Z").id, 13)
+        store.commit()
+        store.close()
+        db = sqlite3.connect(self.path)
+        try:
+            self.assertEqual(db.execute("SELECT max(version) FROM schema_version").fetchone(), (SCHEMA_VERSION,))
+        finally:
+            db.close()
+        again = self.open()
+        self.assertEqual([record.topic for record in again.load_rooms()], ["kept"])
+        self.assertEqual([m.id for m in again.recent("#lobby", None)], list(range(3, 14)))
+        self.assertEqual([m.text for m in again.recent("#Dev", None)], ["first"])

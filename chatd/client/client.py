@@ -7,7 +7,11 @@ user types through ``twisted.internet.stdio``, and :class:`ChatSession`
 ties them together: it sends requests, prints responses through the
 :class:`~chatd.client.parser.MessageParser`, reconnects with backoff after a
 lost connection and logs in again under the same name, skipping messages
-it has already shown.  Whatever a server sends, the client never raises:
+it has already shown.  With a protocol 2 server it speaks rooms and
+direct messages (PROTOCOL.md section 6): ``/join``, ``/part``,
+``/rooms``, ``/topic``, ``/names``, ``/msg NAME``, and ``/switch`` to
+choose where plain lines go; after a reconnect it joins its rooms again
+and resumes each one.  Whatever a server sends, the client never raises:
 malformed responses are shown as error lines, and resuming after a
 reconnect is bounded.
 
@@ -29,7 +33,24 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from chatd import __version__
-from chatd.client.parser import COMMANDS, ERROR, INFO, MESSAGE, NOTICE, Command, Line, MessageParser, encode_request, parse_input
+from chatd.client.parser import (
+    COMMANDS,
+    ERROR,
+    HELP,
+    INFO,
+    LOBBY,
+    MESSAGE,
+    NOTICE,
+    Command,
+    Line,
+    MessageParser,
+    conversation,
+    encode_request,
+    fold,
+    parse_input,
+    safe,
+    target_key,
+)
 
 #: Seconds to wait for replies after standard input ends (v1 servers;
 #: with v2 a ping tells exactly when every reply is in).
@@ -37,9 +58,19 @@ DRAIN_QUIET = 1.0
 #: ... but never longer than this in all.
 DRAIN_MAX = 5.0
 
-#: ``ref`` values of the client's own bookkeeping requests.
+#: ``ref`` values of the client's own bookkeeping requests ...
 RESUME_REF = "chatd-client:resume"
 DRAIN_REF = "chatd-client:drain"
+#: ... and the prefixes of those that carry a room name: a join the user
+#: asked for (refused: plain lines go back where they went), the same
+#: join again after a reconnect, a part.
+JOIN_REF = "chatd-client:join "
+REJOIN_REF = "chatd-client:rejoin "
+PART_REF = "chatd-client:part "
+
+#: Conversations whose last id is kept for de-duplicating, at most (a
+#: server could name a new room in every message).
+MAX_CONVERSATIONS = 10_000
 
 #: Largest response line read, in bytes.  The largest a chatd server with
 #: default limits sends is a v2 history page: 500 messages of 2000 code
@@ -88,8 +119,6 @@ class Printer:
 
     def raw(self, data: bytes) -> None:
         """Print a response as received (``--raw``), made terminal-safe."""
-        from chatd.client.parser import safe
-
         self._write(safe(data.decode("utf-8", "replace")))
 
     def _write(self, text: str) -> None:
@@ -226,11 +255,19 @@ class ChatClientProtocol(Protocol):
 
 
 class ChatSession:
-    """The client's state: name, connection, reconnects, what was shown.
+    """The client's state: name, connection, reconnects, rooms, what was shown.
 
     ``connect`` opens a new connection and returns a Deferred that fires
     once it is made (with the protocol) or fails.  ``done`` fires with the
     exit status.
+
+    Rooms: ``rooms`` holds the rooms joined besides ``#lobby`` (every JSON
+    user is in ``#lobby`` from login to logout), ``target`` is where plain
+    lines go (a room, or a name for DMs), and ``last_ids`` the newest
+    message id shown per conversation (ids are per room and per DM
+    conversation: each is de-duplicated on its own).  After a reconnect
+    the session logs in again, joins its rooms again, and asks each
+    conversation it has seen messages of for what it missed.
     """
 
     def __init__(
@@ -247,15 +284,23 @@ class ChatSession:
         self.clock = clock
         self._connect = connect
         self.printer = printer
+        self.parser = MessageParser()
         self.name = name
         self.raw = raw
         self.max_retries = max_retries
         self.max_delay = max_delay
         self.describe = describe
-        self.parser = MessageParser()
         self.protocol: ChatClientProtocol | None = None
         self.done: defer.Deferred[int] = defer.Deferred()
-        self.last_id = 0  # newest message id shown: anything older is a repeat
+        # Per conversation (parser.conversation's key), the newest message
+        # id shown: anything older is a repeat.
+        self.last_ids: dict[str, int] = {}
+        # Rooms joined besides #lobby: folded name -> canonical spelling,
+        # in the order joined.
+        self.rooms: dict[str, str] = {}
+        self._join_from: dict[str, str] = {}  # folded room -> the target before its /join, until answered
+        self._rejoining: set[str] = set()  # rooms joined again after a reconnect, not yet answered
+        self._paged: set[str] = set()  # conversations this reconnect resumes by history pages
         self._pending_name: str | None = None
         self._ever_connected = False
         self._retries = 0
@@ -264,13 +309,33 @@ class ChatSession:
         self._input_ended = False
         self._drain_timer: IDelayedCall | None = None
         self._drain_deadline: IDelayedCall | None = None
-        self._queued: list[tuple[str, Any]] = []
+        self._queued: list[tuple[str, Any, dict[str, Any]]] = []
         self.v2 = False
         self._awaiting_hello = False
         self._resuming = False
-        self._resume_pages = 0  # pages asked for in this resume
+        self._resume_queue: list[str] = []  # conversations still to resume, in order
+        self._resume_current: str | None = None  # the one being paged
+        self._resume_pages = 0  # pages asked for of it
         self._resume_buffer: list[dict[str, Any]] = []  # live messages held meanwhile
         self._resume_bytes = 0  # their size as received
+
+    @property
+    def name(self) -> str | None:
+        """The name logged in with (or to log in with on connect)."""
+        return self.parser.me
+
+    @name.setter
+    def name(self, name: str | None) -> None:
+        self.parser.me = name  # the parser tells our DMs from others'
+
+    @property
+    def target(self) -> str:
+        """Where plain lines go: ``#lobby``, another room, or a name (DMs)."""
+        return self.parser.target
+
+    @target.setter
+    def target(self, target: str) -> None:
+        self.parser.target = target  # its messages print plainly
 
     # -- connection ----------------------------------------------------
 
@@ -302,11 +367,15 @@ class ChatSession:
         self.v2 = False
         self._awaiting_hello = True
         self._reset_resume()
+        self._rejoining.clear()
+        self._paged.clear()
         protocol.send_request("hello", {"protocol": 2, "client": f"chatd-client/{__version__}"})
         if self.name is not None:
             self._send("login", self.name)
-        for request, content in self._queued:
-            self._send(request, content)
+        else:
+            self._forget_rooms()  # not logged in: in no room
+        for request, content, extra in self._queued:
+            self._send(request, content, **extra)
         self._queued.clear()
         if self._quitting:
             self.quit()
@@ -380,8 +449,8 @@ class ChatSession:
             self._awaiting_hello = False
             if self._hello_answered(response):
                 return []
-        self._track(response)
-        return self._handle(response, len(line))
+        after = self._track(response)
+        return self._handle(response, len(line)) + after
 
     def _print(self, lines: list[Line]) -> None:
         if not self.raw:
@@ -392,20 +461,50 @@ class ChatSession:
         """Handle the answer to hello; True if there is nothing more to do."""
         if response.get("response") == "hello":
             self.v2 = True
-            if self.last_id:
-                # Back after a lost connection: fetch exactly what was
-                # missed; the login history would leave gaps past its size.
-                self._reset_resume()
-                self._resuming = True
-                self._request_missed()
+            if self.name is not None and (self.rooms or any(self.last_ids.values())):
+                self._resume()  # back after a lost connection
             return True
         # A v1 server: it answered hello with an error; carry on in v1.
         return response.get("response") == "error"
 
-    def _request_missed(self) -> None:
+    def _resume(self) -> None:
+        """After a reconnect (the login is already sent): join the rooms
+        again, then fetch exactly what was missed in each conversation
+        whose messages were seen (its last id known), one ``history
+        after`` at a time.  The login's and those joins' histories would
+        leave gaps past their size: they are dropped for those."""
         assert self.protocol is not None
+        for key, room in self.rooms.items():
+            self._rejoining.add(key)
+            self.protocol.send_request("join", room, ref=REJOIN_REF + room)
+        plan = [key for key in (LOBBY, *self.rooms) if self.last_ids.get(key)]
+        if not plan:
+            return  # nothing seen yet: the histories the server sends are all there is
+        self._reset_resume()
+        self._paged = set(plan)
+        self._resuming = True
+        self._resume_queue = plan
+        self._print(self._next_resume())
+
+    def _next_resume(self) -> list[Line]:
+        """Ask for the next conversation's missed messages, or end the resume."""
+        while self._resume_queue:
+            key = self._resume_queue.pop(0)
+            if key == LOBBY or key in self.rooms:  # its join again may have failed
+                self._resume_current = key
+                self._resume_pages = 0
+                self._request_missed()
+                return []
+        return self._end_resume()
+
+    def _request_missed(self) -> None:
+        assert self.protocol is not None and self._resume_current is not None
+        key = self._resume_current
+        query: dict[str, Any] = {"after": self.last_ids.get(key, 0), "limit": 500}
+        if key != LOBBY:
+            query["room"] = self.rooms.get(key, key)
         self._resume_pages += 1
-        self.protocol.send_request("history", {"after": self.last_id, "limit": 500}, ref=RESUME_REF)
+        self.protocol.send_request("history", query, ref=RESUME_REF)
 
     def _handle(self, response: dict[str, Any], size: int) -> list[Line]:
         """Lines to print for a response, resuming and de-duplicating.
@@ -421,17 +520,32 @@ class ChatSession:
             # A page still due after the resume ended early: its
             # messages are older than those shown since.
             return self._resume_page(response) if self._resuming else []
+        if isinstance(ref, str) and ref.startswith(REJOIN_REF):
+            return self._rejoin_answer(response, fold(ref[len(REJOIN_REF) :]))
         if self._resuming:
-            if kind == "history" and ref is None:
+            if kind == "history" and ref is None and LOBBY in self._paged:
                 return []  # the login history: the resume pages replace it
             if kind == "message":
                 return self._hold_live(response, size)
+        return self._parse_new(response)
+
+    def _rejoin_answer(self, response: dict[str, Any], key: str) -> list[Line]:
+        """A response to a join sent again after a reconnect."""
+        if key not in self._rejoining:
+            return []  # the login failed: nothing to say about the rooms
+        kind = response.get("response")
+        if kind in ("history", "error"):
+            self._rejoining.discard(key)
+        if kind == "history" and key in self._paged:
+            return []  # the resume pages replace it
         return self._parse_new(response)
 
     # -- resuming after a reconnect ------------------------------------------
 
     def _reset_resume(self) -> None:
         self._resuming = False
+        self._resume_queue = []
+        self._resume_current = None
         self._resume_pages = 0
         self._resume_buffer = []
         self._resume_bytes = 0
@@ -445,25 +559,37 @@ class ChatSession:
         return []
 
     def _resume_page(self, response: dict[str, Any]) -> list[Line]:
-        """A page of missed messages: show it, then ask for the next or end.
+        """A page of missed messages: show it, then ask for the next or
+        go on to the next conversation.
 
         Bounded against a server that always says ``more``: at most
-        ``MAX_RESUME_PAGES`` pages, and each must bring a message not
-        shown yet.
+        ``MAX_RESUME_PAGES`` pages a conversation, and each must bring a
+        message not shown yet.
         """
         if response.get("response") != "history" or not isinstance(response.get("content"), list):
             # An error (e.g. rate_limited) or nonsense: show it and stop.
-            return self._parse_new(response) + self._end_resume("the server did not send it")
-        shown_before = self.last_id
+            return self._parse_new(response) + self._conversation_resumed("the server did not send it")
+        key = self._resume_current or LOBBY
+        shown_before = self.last_ids.get(key, 0)
         lines = self._parse_new(response)
         if response.get("more") is not True:
-            return lines + self._end_resume()  # caught up
-        if self.last_id == shown_before:
-            return lines + self._end_resume("the server sent no new messages")
+            return lines + self._conversation_resumed()  # caught up
+        if self.last_ids.get(key, 0) == shown_before:
+            return lines + self._conversation_resumed("the server sent no new messages")
         if self._resume_pages >= MAX_RESUME_PAGES:
-            return lines + self._end_resume(f"stopped after {self._resume_pages} pages")
+            return lines + self._conversation_resumed(f"stopped after {self._resume_pages} pages")
         self._request_missed()
         return lines
+
+    def _conversation_resumed(self, incomplete: str | None = None) -> list[Line]:
+        """The current conversation is done: on to the next.  ``incomplete``
+        says why some of its missed messages are not shown."""
+        lines = []
+        if incomplete:
+            key = self._resume_current or LOBBY
+            what = "history" if key == LOBBY else f"history of {safe(self.rooms.get(key, key))}"
+            lines.append(Line(NOTICE, f"{what} incomplete: {incomplete}"))
+        return lines + self._next_resume()
 
     def _end_resume(self, incomplete: str | None = None) -> list[Line]:
         """Stop resuming: then the live messages that came meanwhile, in
@@ -476,9 +602,15 @@ class ChatSession:
             lines.extend(self._parse_new(message))
         return lines
 
-    def _track(self, response: dict[str, Any]) -> None:
+    # -- what the responses change ---------------------------------------
+
+    def _track(self, response: dict[str, Any]) -> list[Line]:
+        """Follow the name, the rooms and the target; lines to print after
+        the response's own."""
         kind = response.get("response")
         content = response.get("content")
+        ref = response.get("ref")
+        room = response.get("room")
         if kind == "info" and self._awaiting_logout and content == "Logout successful":
             self._awaiting_logout = False
             self.clock.callLater(0, self._drained)  # after this line is printed
@@ -489,10 +621,66 @@ class ChatSession:
             elif content.startswith("Logout successful"):
                 self.name = None
                 self._pending_name = None
-        elif kind == "error" and response.get("code") in ("invalid_username", "name_taken", "already_logged_in"):
+                self._forget_rooms()  # a guest's memberships end with its session
+        elif kind == "error" and self._pending_name is not None and response.get("code") in ("invalid_username", "name_taken", "already_logged_in"):
             if response.get("code") != "already_logged_in":
                 self.name = None  # not logged in on this connection
+                self._forget_rooms()
+                if self._resuming:
+                    return self._end_resume()  # the error says why
             self._pending_name = None
+        if kind == "info" and isinstance(room, str):
+            if isinstance(response.get("members"), list):
+                self._joined(room)
+            elif (isinstance(ref, str) and ref.startswith(PART_REF)) or (
+                ref is None and isinstance(content, str) and content.startswith(("Left ", "You were kicked ", "You were banned "))
+            ):
+                self._left(room)
+        if kind == "error" and isinstance(ref, str):
+            if ref.startswith(JOIN_REF):
+                return self._join_failed(ref[len(JOIN_REF) :], rejoin=False)
+            if ref.startswith(REJOIN_REF) and fold(ref[len(REJOIN_REF) :]) in self._rejoining:
+                return self._join_failed(ref[len(REJOIN_REF) :], rejoin=True)
+        return []
+
+    def _joined(self, room: str) -> None:
+        """The server says we are in ``room`` (its canonical spelling)."""
+        key = fold(room)
+        self._join_from.pop(key, None)
+        if key == LOBBY:
+            return
+        self.rooms[key] = room
+        if target_key(self.target) == key:
+            self.target = room  # as the room's creator spelled it
+
+    def _left(self, room: str) -> None:
+        """We are out of ``room``: plain lines go to ``#lobby`` if they went there."""
+        key = fold(room)
+        self.rooms.pop(key, None)
+        if target_key(self.target) == key and key not in self._join_from:
+            self.target = LOBBY
+
+    def _join_failed(self, room: str, rejoin: bool) -> list[Line]:
+        """A join was refused: back to the target before it (``rejoin``:
+        the join after a reconnect, so the room is no longer ours)."""
+        key = fold(room)
+        previous = self._join_from.pop(key, LOBBY)
+        if rejoin:
+            self.rooms.pop(key, None)
+        if key == LOBBY or key in self.rooms or target_key(self.target) != key:
+            return []
+        if previous.startswith("#") and fold(previous) != LOBBY and fold(previous) not in self.rooms:
+            previous = LOBBY
+        self.target = previous
+        return [Line(NOTICE, f"now talking {self._where(previous)}")]
+
+    def _forget_rooms(self) -> None:
+        """Logged out (or not logged in): in no room but ``#lobby``."""
+        self.rooms.clear()
+        self._join_from.clear()
+        self._rejoining.clear()
+        if self.target.startswith("#"):
+            self.target = LOBBY
 
     def _parse_new(self, response: dict[str, Any]) -> list[Line]:
         """Parse, leaving out messages already shown (after a reconnect)."""
@@ -500,9 +688,12 @@ class ChatSession:
         if kind == "message":
             return self.parser.parse_response(response) if self._is_new(response) else []
         if kind == "history" and isinstance(response.get("content"), list):
+            room = response.get("room")
             fresh = []
             for entry in response["content"]:
                 message = _entry(entry)
+                if message is not None and isinstance(room, str) and "room" not in message and "to" not in message:
+                    message = dict(message, room=room)  # an entry of a room's history
                 if message is None or self._is_new(message):
                     fresh.append(entry)
             return self.parser.parse_history(dict(response, content=fresh))
@@ -512,9 +703,17 @@ class ChatSession:
         message_id = message.get("id")
         if not isinstance(message_id, int) or isinstance(message_id, bool):
             return True  # a server without ids: show everything
-        if message_id <= self.last_id:
+        key = conversation(message, self.name)
+        if message_id <= self.last_ids.get(key, 0):
             return False
-        self.last_id = message_id
+        if key not in self.last_ids and len(self.last_ids) >= MAX_CONVERSATIONS:
+            # Bounded whatever a server sends: forget the oldest
+            # conversation that is neither #lobby nor a room joined.
+            for old in self.last_ids:
+                if old != LOBBY and old not in self.rooms:
+                    del self.last_ids[old]
+                    break
+        self.last_ids[key] = message_id
         return True
 
     # -- user input ------------------------------------------------------
@@ -526,26 +725,108 @@ class ChatSession:
             self.quit()
         elif command.action == "error":
             self.show(ERROR, command.content)
+        elif command.action == "help":
+            for usage_text, meaning in HELP:
+                self.show(INFO, f"{usage_text:<18} {meaning}")
+        elif command.action == "switch":
+            self._switch(command.content)
         elif command.action == "request":
             self._request(command)
 
+    def _switch(self, target: str | None) -> None:
+        """``/switch``: plain lines go to ``target`` from now on."""
+        if target is not None:
+            key = target_key(target)
+            self.target = self.rooms.get(key, target)
+        note = ""
+        key = target_key(self.target)
+        if self.target.startswith("#") and key != LOBBY and key not in self.rooms and key not in self._join_from:
+            note = f" (not joined: /join {self.target})"
+        self.show(NOTICE, f"now talking {self._where(self.target)}{note}")
+
+    def _where(self, target: str) -> str:
+        return f"in {safe(target)}" if target.startswith("#") else f"to {safe(target)} (direct messages)"
+
     def _request(self, command: Command) -> None:
-        if command.request == "login":
-            self._pending_name = command.content
-        elif command.request == "logout":
+        if self.protocol is not None and not self._awaiting_hello and not self.v2 and self._needs_v2(command):
+            self.show(ERROR, "This server speaks protocol 1 only: no rooms and no direct messages.")
+            return
+        wire = self._wire(command)
+        if wire is None:
+            return
+        request, content, extra = wire
+        if request == "login":
+            self._pending_name = content
+        elif request == "logout":
             self._pending_name = self.name
         if self.protocol is None:
-            if command.request == "login":
+            if request == "login":
                 self.name = None  # the reconnect logs in with this name instead
-            self._queued.append((command.request, command.content))
+            self._queued.append((request, content, extra))
             return
-        self._send(command.request, command.content)
+        self._send(request, content, **extra)
 
-    def _send(self, request: str, content: Any) -> None:
+    def _needs_v2(self, command: Command) -> bool:
+        """Whether a command needs a protocol 2 server (rooms, DMs)."""
+        if command.request in ("join", "part", "rooms", "topic"):
+            return True
+        if command.request == "msg":
+            return target_key(command.target or self.target) != LOBBY
+        if command.request == "names":
+            room = command.content or self.target
+            return bool(room.startswith("#") and fold(room) != LOBBY)
+        return False
+
+    def _wire(self, command: Command) -> tuple[str, Any, dict[str, Any]] | None:
+        """A command as the request, content and top-level keys to send
+        (None: refused here, with an error line)."""
+        request, content = command.request, command.content
+        if request == "msg":
+            return "msg", content, self._address(command.target or self.target)
+        if request == "join":
+            # Plain lines go to the room at once, so that those typed
+            # right after /join go there; a refusal switches back.
+            key = fold(content)
+            self._join_from.setdefault(key, self.target)
+            self.target = self.rooms.get(key, content)
+            return "join", content, {"ref": JOIN_REF + content}
+        if request == "part":
+            room = content or self._current_room("part")
+            if room is None:
+                return None
+            if target_key(self.target) == fold(room):
+                self.target = LOBBY
+            self._join_from.pop(fold(room), None)
+            return "part", room, {"ref": PART_REF + room}
+        if request == "topic":
+            room = self._current_room("topic")
+            if room is None:
+                return None
+            return "topic", {"room": room} if content is None else {"room": room, "topic": content}, {}
+        if request == "names":
+            room = content or (self.target if self.target.startswith("#") else LOBBY)
+            return "names", None if fold(room) == LOBBY else {"room": room}, {}
+        return request, content, {}
+
+    def _address(self, target: str) -> dict[str, Any]:
+        """The top-level keys of a ``msg`` to ``target``."""
+        if not target.startswith("#"):
+            return {"to": target}
+        key = fold(target)
+        return {} if key == LOBBY else {"room": self.rooms.get(key, target)}
+
+    def _current_room(self, word: str) -> str | None:
+        """The current target if it is a room; else an error line."""
+        if self.target.startswith("#"):
+            return self.target
+        self.show(ERROR, f"/{word}: you are talking to {safe(self.target)}, not in a room (/switch #ROOM first).")
+        return None
+
+    def _send(self, request: str, content: Any, **extra: Any) -> None:
         assert self.protocol is not None
         if request == "login":
             self._pending_name = content
-        self.protocol.send_request(request, content)
+        self.protocol.send_request(request, content, **extra)
 
     def quit(self) -> None:
         """``/quit``: log out, show the replies still due, close, exit 0."""

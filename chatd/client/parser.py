@@ -1,8 +1,11 @@
 """The terminal client's translator: server responses to printable lines,
-typed lines to requests.
+typed lines to commands.
 
 :class:`MessageParser` follows the seed's design: a dict from response
-type to a ``parse_<type>`` method.  Everything a server sent is made safe
+type to a ``parse_<type>`` method.  It knows the client's current target
+(a room, or a name for direct messages) and its own name, so that a
+message of the current conversation prints plainly and any other shows
+its room (``[#dev] bob: hi``) or its parties (``bob -> alice: hi``).  Everything a server sent is made safe
 for a terminal before it is returned: control characters (ESC, BEL, CR,
 C1 codes, ...) and every invisible or reordering character are shown as
 visible escapes, so no one can repaint or retitle another user's terminal
@@ -23,7 +26,59 @@ from typing import Any, Callable
 #: Kinds of printed line; the client picks a colour for each.
 MESSAGE, INFO, ERROR, NOTICE = "message", "info", "error", "notice"
 
-COMMANDS = "/login NAME, /logout, /names, /help, /msg TEXT, /quit"
+#: The default room: every JSON user is in it from login to logout.
+LOBBY = "#lobby"
+
+#: A room name (PROTOCOL.md section 6.2) and a name a ``to`` may give
+#: (a JSON username or an IRC nick, section 6.4), matched whole.
+ROOM_NAME = re.compile(r"#[A-Za-z0-9_-]{1,48}")
+USER_NAME = re.compile(r"[A-Za-z0-9]{1,32}|[A-Za-z_][A-Za-z0-9_-]{0,31}")
+
+#: Every command with what it does, as ``/help`` prints them.
+HELP = (
+    ("/join #ROOM", "join a room (created if new) and talk in it"),
+    ("/part [#ROOM]", "leave a room (by default the current one)"),
+    ("/rooms", "list the rooms and their member counts"),
+    ("/switch #ROOM", "send plain lines to that room"),
+    ("/switch NAME", "send plain lines to NAME, as direct messages"),
+    ("/msg NAME TEXT", "send one direct message to NAME (/msg #ROOM TEXT: to a room)"),
+    ("/topic [TEXT]", "show the current room's topic, or set it"),
+    ("/names [#ROOM]", "who is in the current room (or that room)"),
+    ("/login NAME", "log in as NAME"),
+    ("/logout", "log out"),
+    ("/help", "this list"),
+    ("/quit", "log out and exit"),
+    ("//TEXT", "send a line that starts with /"),
+)
+
+#: The commands in one line, for ``--help`` and error lines.
+COMMANDS = "/join #ROOM, /part [#ROOM], /rooms, /switch #ROOM|NAME, /msg NAME TEXT, /topic [TEXT], /names, /login NAME, /logout, /help, /quit"
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(name: str) -> str:
+    """``name`` for comparing: names and rooms compare case-insensitively,
+    ASCII only (PROTOCOL.md section 6)."""
+    return name.translate(_ASCII_LOWER)
+
+
+def target_key(target: str) -> str:
+    """The conversation key of a target: a room's folded name, or ``@``
+    and a user's folded name (a DM conversation)."""
+    return fold(target) if target.startswith("#") else "@" + fold(target)
+
+
+def conversation(message: dict[str, Any], me: str | None) -> str:
+    """The conversation key of a ``message`` response, as :func:`target_key`
+    gives it: ``#lobby`` for a message without ``room`` or ``to``, its room,
+    or ``@`` and the other party of a DM (``me`` is the client's name)."""
+    to, sender = message.get("to"), message.get("sender")
+    if isinstance(to, str):
+        mine = isinstance(sender, str) and me is not None and fold(sender) == fold(me)
+        return "@" + fold(to if mine or not isinstance(sender, str) else sender)
+    room = message.get("room")
+    return fold(room) if isinstance(room, str) else LOBBY
 
 #: Unicode general categories shown escaped: controls (Cc), format
 #: characters (Cf: bidi controls, zero-width spaces and joiners, soft
@@ -137,9 +192,17 @@ def local_time(timestamp: Any) -> str:
 
 
 class MessageParser:
-    """Turns server responses into :class:`Line` objects."""
+    """Turns server responses into :class:`Line` objects.
+
+    ``target`` is the current target (``#lobby``, another room, or a name
+    for DMs) and ``me`` the client's name: the session keeps them up to
+    date.  A message of the current target's conversation prints as
+    ``[HH:MM:SS] bob: hi``; any other shows where it belongs.
+    """
 
     def __init__(self) -> None:
+        self.target = LOBBY
+        self.me: str | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
             "error": self.parse_error,
             "info": self.parse_info,
@@ -148,6 +211,9 @@ class MessageParser:
             "hello": self.parse_hello,
             "pong": self.parse_pong,
             "presence": self.parse_presence,
+            "topic": self.parse_topic,
+            "invite": self.parse_invite,
+            "mode": self.parse_mode,
         }
 
     def parse(self, raw: bytes | str) -> list[Line]:
@@ -173,23 +239,53 @@ class MessageParser:
         return [Line(ERROR, safe(response.get("content", "")))]
 
     def parse_info(self, response: dict[str, Any]) -> list[Line]:
-        """``info``: its sentence."""
-        return [Line(INFO, safe(response.get("content", "")))]
+        """``info``: its sentence; a ``join``'s also the room's topic and
+        members, a topic read the topic and who set it."""
+        room = response.get("room")
+        if isinstance(room, str) and "topic" in response and "members" not in response:
+            return [Line(INFO, _topic_read(room, response))]
+        lines = [Line(INFO, safe(response.get("content", "")))]
+        members = response.get("members")
+        if isinstance(room, str) and isinstance(members, list):
+            topic = response.get("topic")
+            if isinstance(topic, str) and topic:
+                lines.append(Line(INFO, f"Topic: {safe(topic)}"))
+            lines.append(Line(INFO, f"Members: {_members(members, response.get('ops'), response.get('voiced'))}"))
+        return lines
 
     def parse_message(self, response: dict[str, Any]) -> list[Line]:
-        """``message``: ``[HH:MM:SS] NAME: text`` in local time."""
+        """``message``: ``[HH:MM:SS] NAME: text`` in local time, with
+        ``[#room] `` before the name, or ``-> NAME`` after it for a DM,
+        when not of the current target."""
         when = local_time(response.get("timestamp"))
         sender = safe(response.get("sender", "?"))
-        return [Line(MESSAGE, f"[{when}] {sender}: {safe(response.get('content', ''))}")]
+        text = safe(response.get("content", ""))
+        if conversation(response, self.me) != target_key(self.target):
+            to, room = response.get("to"), response.get("room")
+            if isinstance(to, str):
+                sender = f"{sender} -> {safe(to)}"
+            else:
+                sender = f"[{safe(room) if isinstance(room, str) else LOBBY}] {sender}"
+        if response.get("offline") is True:
+            text += " (offline: delivered at their next login)"
+        return [Line(MESSAGE, f"[{when}] {sender}: {text}")]
 
     def parse_history(self, response: dict[str, Any]) -> list[Line]:
-        """``history``: each entry as a message; entries are JSON strings (v1) or objects (v2)."""
+        """``history``: each entry as a message; entries are JSON strings (v1)
+        or objects (v2).  An entry of a room's history without its own
+        ``room`` is taken to be of that room."""
         entries = response.get("content")
         if not isinstance(entries, list):
             return [Line(ERROR, "malformed history from server")]
+        room = response.get("room")
         lines: list[Line] = []
         for entry in entries:
-            lines.extend(self.parse(entry) if isinstance(entry, str) else self.parse_response(entry))
+            if isinstance(entry, str):
+                lines.extend(self.parse(entry))
+            else:
+                if isinstance(room, str) and isinstance(entry, dict) and "room" not in entry and "to" not in entry:
+                    entry = dict(entry, room=room)
+                lines.extend(self.parse_response(entry))
         return lines
 
     def parse_hello(self, response: dict[str, Any]) -> list[Line]:
@@ -203,11 +299,85 @@ class MessageParser:
         return []
 
     def parse_presence(self, response: dict[str, Any]) -> list[Line]:
-        """``presence`` (v2): who came or went."""
+        """``presence`` (v2): who came or went; in ``#lobby`` that is who
+        logged in or out, in another room who joined or left it."""
         content = response.get("content")
         if not isinstance(content, dict):
             return [Line(ERROR, "malformed presence from server")]
-        return [Line(NOTICE, f"{safe(content.get('user', '?'))} is {safe(content.get('status', '?'))}")]
+        user, status, room = safe(content.get("user", "?")), content.get("status", "?"), content.get("room")
+        if not isinstance(room, str) or fold(room) == LOBBY:
+            return [Line(NOTICE, f"{user} is {safe(status)}")]
+        where = safe(room)
+        comment = content.get("comment")
+        if status == "online":
+            return [Line(NOTICE, f"{user} joined {where}")]
+        if status != "offline":
+            return [Line(NOTICE, f"{user} is {safe(status)} in {where}")]
+        reason = content.get("reason")
+        if reason in ("kicked", "banned"):
+            text = f"{user} was {reason} from {where} by {safe(content.get('by', '?'))}"
+            return [Line(NOTICE, text + (f": {safe(comment)}" if comment else ""))]
+        return [Line(NOTICE, f"{user} left {where}" + (f" ({safe(comment)})" if comment else ""))]
+
+    def parse_topic(self, response: dict[str, Any]) -> list[Line]:
+        """``topic`` (v2): a room's topic was set or cleared."""
+        content = response.get("content")
+        if not isinstance(content, dict):
+            return [Line(ERROR, "malformed topic from server")]
+        who, room, topic = safe(content.get("by", "?")), safe(content.get("room", "?")), content.get("topic")
+        if not topic:
+            return [Line(NOTICE, f"{who} cleared the topic of {room}")]
+        return [Line(NOTICE, f"{who} set the topic of {room}: {safe(topic)}")]
+
+    def parse_invite(self, response: dict[str, Any]) -> list[Line]:
+        """``invite`` (v2): someone invites us to a room."""
+        content = response.get("content")
+        if not isinstance(content, dict):
+            return [Line(ERROR, "malformed invite from server")]
+        room = safe(content.get("room", "?"))
+        return [Line(NOTICE, f"{safe(content.get('by', '?'))} invites you to {room} (/join {room})")]
+
+    def parse_mode(self, response: dict[str, Any]) -> list[Line]:
+        """``mode`` (v2): a member's op or voice, or a room's modes, changed."""
+        content = response.get("content")
+        if not isinstance(content, dict):
+            return [Line(ERROR, "malformed mode from server")]
+        who, room = safe(content.get("by", "?")), safe(content.get("room", "?"))
+        modes = content.get("modes")
+        if isinstance(modes, dict):
+            changed = ", ".join(f"{safe(flag)} {'on' if value is True else 'off'}" for flag, value in modes.items())
+            return [Line(NOTICE, f"{who} set the modes of {room}: {changed}")]
+        for flag in ("op", "voice"):
+            if flag in content:
+                given = content[flag] is True
+                target = safe(content.get("user", "?"))
+                return [Line(NOTICE, f"{who} {'gave' if given else 'took'} {flag} {'to' if given else 'from'} {target} in {room}")]
+        return [Line(NOTICE, f"{who} changed the modes of {room}")]
+
+
+def _topic_read(room: str, info: dict[str, Any]) -> str:
+    """The answer to a topic read, from its keys (the sentence is the
+    server's choice; the keys are the protocol's)."""
+    topic, by = info.get("topic"), info.get("by")
+    if not topic:
+        return f"No topic in {safe(room)}"
+    setter = f" (set by {safe(by)})" if isinstance(by, str) else ""
+    return f"Topic of {safe(room)}: {safe(topic)}{setter}"
+
+
+def _members(members: list[Any], ops: Any, voiced: Any) -> str:
+    """A join's member list: ops marked ``@``, voiced members ``+``."""
+    def folded(names: Any) -> set[str]:
+        return {fold(name) for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
+    opped, voices = folded(ops), folded(voiced)
+    shown = []
+    for member in members:
+        mark = ""
+        if isinstance(member, str):
+            mark = "@" if fold(member) in opped else "+" if fold(member) in voices else ""
+        shown.append(mark + safe(member))
+    return ", ".join(shown)
 
 
 def _shown(value: Any) -> str:
@@ -233,12 +403,37 @@ class Command:
     """What a typed line asks for.
 
     ``action`` is ``"request"`` (send ``request`` with ``content``),
-    ``"quit"``, ``"error"`` (print ``content``) or ``"none"``.
+    ``"switch"`` (make ``content`` the current target; ``None``: show
+    it), ``"help"``, ``"quit"``, ``"error"`` (print ``content``) or
+    ``"none"``.  The session turns a request into its wire form, since
+    some depend on the current target: a ``msg`` goes to ``target`` (a
+    room or a name; ``None``: the current target); a ``part``, ``names``
+    or ``topic`` whose ``content`` is ``None`` is about the current room.
+    For ``topic`` the content is the new topic, ``None`` to read it.
     """
 
     action: str
     request: str = ""
     content: Any = None
+    target: str | None = None
+
+
+def _room_argument(word: str, argument: str) -> Command | str:
+    """The room a command names (``#`` added if left out), or an error."""
+    room = argument if argument.startswith("#") else "#" + argument
+    if ROOM_NAME.fullmatch(room) is None:
+        return Command("error", content=f"/{word}: '{safe(argument)}' is not a room name (# and 1 to 48 letters, digits, _ or -).")
+    return room
+
+
+def _target_argument(word: str, target: str) -> Command | None:
+    """An error if ``target`` is neither a room name nor a user name."""
+    if target.startswith("#"):
+        if ROOM_NAME.fullmatch(target) is None:
+            return Command("error", content=f"/{word}: '{safe(target)}' is not a room name (# and 1 to 48 letters, digits, _ or -).")
+    elif USER_NAME.fullmatch(target) is None:
+        return Command("error", content=f"/{word}: '{safe(target)}' is not a user name.")
+    return None
 
 
 def parse_input(line: str) -> Command:
@@ -255,10 +450,31 @@ def parse_input(line: str) -> Command:
     argument = argument.strip()
     if word == "quit":
         return Command("quit")
-    if word in ("login", "msg"):
+    if word == "help":
+        return Command("help")
+    if word == "login":
         if not argument:
-            return Command("error", content=f"/{word} needs {'a NAME' if word == 'login' else 'a TEXT'}. Commands: {COMMANDS}")
-        return Command("request", word, argument)
-    if word in ("logout", "names", "help"):
+            return Command("error", content=f"/login needs a NAME. Commands: {COMMANDS}")
+        return Command("request", "login", argument)
+    if word == "msg":
+        target, _, text = argument.partition(" ")
+        text = text.strip()
+        if not target or not text:
+            return Command("error", content=f"/msg needs a NAME (or a #ROOM) and a TEXT. Commands: {COMMANDS}")
+        return _target_argument(word, target) or Command("request", "msg", text, target=target)
+    if word == "switch":
+        if not argument:
+            return Command("switch")
+        return _target_argument(word, argument) or Command("switch", content=argument)
+    if word in ("join", "part", "names"):
+        if not argument:
+            if word == "join":
+                return Command("error", content=f"/join needs a #ROOM. Commands: {COMMANDS}")
+            return Command("request", word)
+        room = _room_argument(word, argument)
+        return room if isinstance(room, Command) else Command("request", word, room)
+    if word == "topic":
+        return Command("request", "topic", argument or None)
+    if word in ("logout", "rooms"):
         return Command("request", word)
     return Command("error", content=f"Unknown command /{safe(word)}. Commands: {COMMANDS}")

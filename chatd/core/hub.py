@@ -365,9 +365,10 @@ class Hub:
         assert record is not None
         return self.directory.members(key).addCallback(lambda members: Joined(record, members, history))
 
-    def part(self, session: ISession, name: Any) -> RoomRecord:
+    def part(self, session: ISession, name: Any, comment: str | None = None) -> RoomRecord:
         """``session`` leaves the room ``name`` (``invalid_room``,
-        ``forbidden`` for ``#lobby``, ``no_such_room``, ``not_in_room``)."""
+        ``forbidden`` for ``#lobby``, ``no_such_room``, ``not_in_room``);
+        the members' ``presence`` carries ``comment``, cleaned like a topic."""
         key = self.room_key(name)
         if key == DEFAULT_ROOM:
             raise ChatError(messages.FORBIDDEN, "Everyone stays in #lobby: it cannot be left.")
@@ -375,10 +376,10 @@ class Hub:
         if not self.in_room(session, key):
             raise not_in_room(record)
         self._joined.get(session, {}).pop(key, None)
-        self._leave_room(session, key)
+        self._leave_room(session, key, comment=clean_topic(comment).strip() if comment else None)
         return record
 
-    def _leave_room(self, session: ISession, key: str, announce: bool = True) -> None:
+    def _leave_room(self, session: ISession, key: str, announce: bool = True, comment: str | None = None) -> None:
         """``session`` leaves the room ``key``: presence, membership, a
         guest's roles; the bus stops delivering a room nobody here is in."""
         room = self.rooms.get(key)
@@ -392,7 +393,11 @@ class Hub:
         if record is not None and not self._is_account(lower) and (lower in record.ops or lower in record.voiced):
             d = self.directory.update(key, lambda current: current.with_op(lower, False).with_voice(lower, False))
             d.addErrback(lambda failure: self.log.failure("dropping {user}'s roles in {room} failed", failure, user=name, room=key))
-        if announce:
+        if announce and comment:
+            content: dict[str, object] = {"user": name, "status": "offline", "room": room.name, "comment": comment}
+            room.notify("presence", content)
+            self.bus.announce_event(room.name, "presence", content)
+        elif announce:
             room.announce(name, "offline", session)
             self.bus.announce(name, "offline", room.name)
         self._unwatch_if_empty(key, room.name)

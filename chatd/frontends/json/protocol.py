@@ -373,7 +373,7 @@ class ChatProtocol(Session[Decoded], Protocol):
     def request_part(self, request: RoomRequest) -> None:
         """``part`` (v2): leave a room."""
         self.churn_check()
-        record = self.factory.hub.part(self, request.room)
+        record = self.factory.hub.part(self, request.room, request.comment)
         self.churn_taken()
         self.send_info(f"Left {record.name}", room=record.name)
 
@@ -616,6 +616,13 @@ def request_cost(event: Decoded, factory: ChatFactory) -> float:
         return 1.0 + rows * COST_PER_ROW + factory.connections * COST_PER_NAME
     if kind in ("names", "logout"):
         return 1.0 + factory.connections * COST_PER_NAME
+    if kind == "join":
+        # Its history, the member list and the presence members get.
+        on_join = factory.config.history_on_login
+        rows = min(MAX_PAGE if on_join is None else on_join, MAX_PAGE)
+        return 1.0 + rows * COST_PER_ROW + factory.connections * COST_PER_NAME
+    if kind == "rooms":
+        return 1.0 + factory.hub.room_count() * COST_PER_NAME
     return 1.0
 
 

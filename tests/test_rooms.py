@@ -513,3 +513,30 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual([m["content"] for m in history["content"]], ["m1"])
         bob.send("msg", "m2", room="#dev")
         self.assertEqual(bob.one()["id"], 2)
+
+
+class RetentionAndMetricsTests(RoomsTestCase):
+    def test_retention_counts_per_room(self) -> None:
+        from chatd.stores.history import Retention
+
+        alice = self.v2("alice")
+        self.join(alice, "#a")
+        for i in range(5):
+            alice.send("msg", f"a{i}", room="#a")
+        for i in range(2):
+            alice.send("msg", f"l{i}")
+        alice.received()
+        self.assertEqual(self.store.prune(Retention(count=3), self.factory.clock.seconds()), 2)
+        self.assertEqual([m.id for m in self.store.recent("#a", None)], [3, 4, 5])
+        self.assertEqual([m.id for m in self.store.recent("#lobby", None)], [1, 2])
+        alice.send("msg", "next", room="#a")
+        self.assertEqual(alice.one()["id"], 6)
+
+    def test_rooms_gauge(self) -> None:
+        metrics = self.factory.hub.metrics
+        self.assertIn(b"chatd_rooms 1.0", metrics.exposition())
+        alice = self.v2("alice")
+        self.join(alice, "#a")
+        self.join(alice, "#b")
+        alice.send("part", "#b")
+        self.assertIn(b"chatd_rooms 3.0", metrics.exposition())

@@ -31,6 +31,10 @@ FORBIDDEN = "forbidden"
 INVALID_ROOM = "invalid_room"
 NOT_OP = "not_op"
 MUTED = "muted"
+AUTH_FAILED = "auth_failed"
+WEAK_PASSWORD = "weak_password"
+BANNED = "banned"
+INVITE_ONLY = "invite_only"
 
 SERVER_SENDER = "server"
 

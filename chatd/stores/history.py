@@ -28,12 +28,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterable, TypeVar
 
 from twisted.logger import Logger
 
 from chatd import messages
+from chatd.accounts.records import AccountRecord, Restriction
 from chatd.stores.roomstate import RoomRecord
 
 #: The largest page a ``history`` request may ask for.
@@ -279,6 +281,171 @@ class HistoryStore:
     def _prune(self, count: int | None, cutoff: str | None) -> int:
         raise NotImplementedError
 
+    # == accounts and moderation (issue 16) ================================
+    # Accounts, bans and mutes, the rooms each account is in, the DMs kept
+    # for accounts and how far each account has been given them.  Names,
+    # rooms and owners are compared lower-cased (the methods lower them);
+    # a conversation is a chatd.core.rooms.dm_key.  Every write is done at
+    # once, in a transaction of its own (not with the pending batch).
+
+    def load_account(self, key: str) -> AccountRecord | None:
+        """The account named ``key`` (any case), or None."""
+        raise NotImplementedError
+
+    def save_account(self, record: AccountRecord) -> None:
+        """Keep ``record``: a new account, or a new password hash for one."""
+        raise NotImplementedError
+
+    def create_account(self, record: AccountRecord) -> bool:
+        """Keep ``record`` unless its name is an account already; whether it was kept."""
+        raise NotImplementedError
+
+    def accounts(self) -> list[AccountRecord]:
+        """Every account, by key."""
+        raise NotImplementedError
+
+    def load_bans(self, room: str | None = None) -> list[Restriction]:
+        """The bans of ``room`` (every room's if None), expired ones too, by room then name."""
+        return self._load_restrictions(_BAN, None if room is None else room.lower())
+
+    def save_ban(self, ban: Restriction) -> None:
+        """Keep ``ban``, replacing one of the same name in the same room."""
+        self._save_restriction(_BAN, ban)
+
+    def remove_ban(self, room: str, name: str) -> bool:
+        """Lift the ban of ``name`` in ``room``; whether there was one."""
+        return self._remove_restriction(_BAN, room.lower(), name.lower())
+
+    def load_mutes(self, room: str | None = None) -> list[Restriction]:
+        """The mutes of ``room`` (every room's if None), as :meth:`load_bans`."""
+        return self._load_restrictions(_MUTE, None if room is None else room.lower())
+
+    def save_mute(self, mute: Restriction) -> None:
+        """Keep ``mute``, replacing one of the same name in the same room."""
+        self._save_restriction(_MUTE, mute)
+
+    def remove_mute(self, room: str, name: str) -> bool:
+        """Lift the mute of ``name`` in ``room``; whether there was one."""
+        return self._remove_restriction(_MUTE, room.lower(), name.lower())
+
+    def prune_restrictions(self, now: float) -> int:
+        """Drop the bans and mutes that ended before ``now`` (POSIX seconds); how many."""
+        raise NotImplementedError
+
+    def add_membership(self, account: str, room: str) -> None:
+        """``account`` is in ``room`` (already in it: its place stays)."""
+        raise NotImplementedError
+
+    def remove_membership(self, account: str, room: str) -> None:
+        """``account`` left ``room`` (not in it: nothing changes)."""
+        raise NotImplementedError
+
+    def memberships(self, account: str) -> list[str]:
+        """The rooms (keys) ``account`` is in, in the order it joined them."""
+        raise NotImplementedError
+
+    def room_accounts(self, room: str) -> list[str]:
+        """The accounts (keys) in ``room``, by key."""
+        raise NotImplementedError
+
+    def store_dms(self, entries: Iterable[tuple[str, StoredMessage]]) -> None:
+        """Keep each DM for its owner: ``(owner, message)``, ``message.room``
+        the conversation and ``message.to`` the recipient.
+
+        Call it for each side that is an account once the message has its
+        id (after :meth:`commit`).  A DM already kept for that owner is
+        not kept twice.
+        """
+        raise NotImplementedError
+
+    def dm_recent(self, owner: str, conversation: str, limit: int | None) -> list[StoredMessage]:
+        """The newest ``limit`` DMs of ``conversation`` kept for ``owner`` (all if None), oldest first."""
+        if limit is not None and limit <= 0:
+            return []
+        return self._dm_newest(owner.lower(), conversation, limit)
+
+    def dm_page(
+        self, owner: str, conversation: str, before: int | None = None, after: int | None = None, limit: int = 100
+    ) -> tuple[list[StoredMessage], bool]:
+        """A page of the DMs kept for ``owner``, as :meth:`page` pages a room."""
+        if before is not None and after is not None:
+            raise ValueError("before and after together")
+        owner = owner.lower()
+        limit = max(1, min(MAX_PAGE, limit))
+        if after is not None:
+            found = self._dm_after(owner, conversation, after, limit + 1)
+            return found[:limit], len(found) > limit
+        if before is None:
+            found = self._dm_newest(owner, conversation, limit + 1)
+        else:
+            found = self._dm_before(owner, conversation, before, limit + 1)
+        return found[-limit:], len(found) > limit
+
+    def delivered(self, owner: str, conversation: str) -> int:
+        """The newest id of ``conversation`` given to a session of ``owner`` (0: none)."""
+        return self._marks(owner.lower()).get(conversation, 0)
+
+    def mark_delivered(self, owner: str, conversation: str, last_id: int) -> None:
+        """Ids up to ``last_id`` of ``conversation`` were given to ``owner`` (a mark never goes back)."""
+        self.mark_delivered_many([(owner, conversation, last_id)])
+
+    def mark_delivered_many(self, marks: Iterable[tuple[str, str, int]]) -> None:
+        """:meth:`mark_delivered` for each ``(owner, conversation, last_id)``, in one write."""
+        raise NotImplementedError
+
+    def undelivered(self, owner: str, limit: int = 100) -> list[tuple[str, list[StoredMessage], bool]]:
+        """The DMs kept for ``owner`` above its marks: per conversation
+        ``(conversation, the oldest limit of them, whether more follow)``,
+        by conversation.  Marking them is the caller's (once sent)."""
+        owner = owner.lower()
+        marks = self._marks(owner)
+        found = []
+        for conversation, newest in sorted(self._dm_conversations(owner).items()):
+            mark = marks.get(conversation, 0)
+            if newest > mark:
+                page = self._dm_after(owner, conversation, mark, limit + 1)
+                found.append((conversation, page[:limit], len(page) > limit))
+        return found
+
+    def prune_dms(self, retention: Retention, now: float) -> int:
+        """Drop the kept DMs ``retention`` no longer keeps (per owner and conversation); how many."""
+        if retention.count is None and retention.days is None:
+            return 0
+        return self._prune_dms(retention.count, retention.cutoff(now))
+
+    # -- accounts and moderation: primitives ---------------------------------
+
+    def _load_restrictions(self, kind: str, room: str | None) -> list[Restriction]:
+        raise NotImplementedError
+
+    def _save_restriction(self, kind: str, restriction: Restriction) -> None:
+        raise NotImplementedError
+
+    def _remove_restriction(self, kind: str, room: str, name: str) -> bool:
+        raise NotImplementedError
+
+    def _dm_newest(self, owner: str, conversation: str, limit: int | None) -> list[StoredMessage]:
+        raise NotImplementedError
+
+    def _dm_after(self, owner: str, conversation: str, after: int, limit: int) -> list[StoredMessage]:
+        raise NotImplementedError
+
+    def _dm_before(self, owner: str, conversation: str, before: int, limit: int) -> list[StoredMessage]:
+        raise NotImplementedError
+
+    def _dm_conversations(self, owner: str) -> dict[str, int]:
+        """Each conversation with DMs kept for ``owner``, with its newest kept id."""
+        raise NotImplementedError
+
+    def _marks(self, owner: str) -> dict[str, int]:
+        """``owner``'s delivery marks, per conversation."""
+        raise NotImplementedError
+
+    def _prune_dms(self, count: int | None, cutoff: str | None) -> int:
+        raise NotImplementedError
+
+    # == end of accounts and moderation ====================================
+
 
 class MemoryHistory(HistoryStore):
     """History kept in memory: fast, and gone when the process ends."""
@@ -334,6 +501,121 @@ class MemoryHistory(HistoryStore):
             self._rooms[room] = keep
         return dropped
 
+    # == accounts and moderation (issue 16) ================================
+
+    @cached_property
+    def _account_data(self) -> _MemoryAccountData:
+        return _MemoryAccountData()
+
+    def load_account(self, key: str) -> AccountRecord | None:
+        """The account named ``key`` (any case), or None."""
+        return self._account_data.accounts.get(key.lower())
+
+    def save_account(self, record: AccountRecord) -> None:
+        """Keep ``record`` in this process."""
+        self._account_data.accounts[record.key] = record
+
+    def create_account(self, record: AccountRecord) -> bool:
+        """Keep ``record`` unless its name is an account already."""
+        if record.key in self._account_data.accounts:
+            return False
+        self._account_data.accounts[record.key] = record
+        return True
+
+    def accounts(self) -> list[AccountRecord]:
+        """Every account, by key."""
+        return [record for _key, record in sorted(self._account_data.accounts.items())]
+
+    def prune_restrictions(self, now: float) -> int:
+        """Drop the bans and mutes that ended before ``now``; how many."""
+        dropped = 0
+        for held in self._account_data.restrictions.values():
+            for place in [place for place, restriction in held.items() if not restriction.active(now)]:
+                del held[place]
+                dropped += 1
+        return dropped
+
+    def add_membership(self, account: str, room: str) -> None:
+        """``account`` is in ``room`` (its place stays if it was)."""
+        self._account_data.memberships.setdefault(account.lower(), {}).setdefault(room.lower(), None)
+
+    def remove_membership(self, account: str, room: str) -> None:
+        """``account`` left ``room``."""
+        rooms = self._account_data.memberships.get(account.lower())
+        if rooms is not None:
+            rooms.pop(room.lower(), None)
+            if not rooms:
+                del self._account_data.memberships[account.lower()]
+
+    def memberships(self, account: str) -> list[str]:
+        """The rooms ``account`` is in, in the order it joined them."""
+        return list(self._account_data.memberships.get(account.lower(), {}))
+
+    def room_accounts(self, room: str) -> list[str]:
+        """The accounts in ``room``, by key."""
+        key = room.lower()
+        return sorted(account for account, rooms in self._account_data.memberships.items() if key in rooms)
+
+    def store_dms(self, entries: Iterable[tuple[str, StoredMessage]]) -> None:
+        """Keep each DM for its owner, once."""
+        for owner, message in entries:
+            kept = self._account_data.dms.setdefault((owner.lower(), message.room), [])
+            place = _first_index_above(kept, message.id - 1)
+            if place < len(kept) and kept[place].id == message.id:
+                continue
+            kept.insert(place, message)
+
+    def mark_delivered_many(self, marks: Iterable[tuple[str, str, int]]) -> None:
+        """Raise each ``(owner, conversation)`` mark to ``last_id``."""
+        held = self._account_data.marks
+        for owner, conversation, last_id in marks:
+            place = (owner.lower(), conversation)
+            held[place] = max(held.get(place, 0), last_id)
+
+    def _load_restrictions(self, kind: str, room: str | None) -> list[Restriction]:
+        held = self._account_data.restrictions.get(kind, {})
+        return [restriction for place, restriction in sorted(held.items()) if room is None or place[0] == room]
+
+    def _save_restriction(self, kind: str, restriction: Restriction) -> None:
+        self._account_data.restrictions.setdefault(kind, {})[(restriction.room_key, restriction.key)] = restriction
+
+    def _remove_restriction(self, kind: str, room: str, name: str) -> bool:
+        return self._account_data.restrictions.get(kind, {}).pop((room, name), None) is not None
+
+    def _dm_newest(self, owner: str, conversation: str, limit: int | None) -> list[StoredMessage]:
+        kept = self._account_data.dms.get((owner, conversation), [])
+        return list(kept) if limit is None else kept[-limit:]
+
+    def _dm_after(self, owner: str, conversation: str, after: int, limit: int) -> list[StoredMessage]:
+        kept = self._account_data.dms.get((owner, conversation), [])
+        start = _first_index_above(kept, after)
+        return kept[start : start + limit]
+
+    def _dm_before(self, owner: str, conversation: str, before: int, limit: int) -> list[StoredMessage]:
+        kept = self._account_data.dms.get((owner, conversation), [])
+        end = _first_index_above(kept, before - 1)
+        return kept[max(0, end - limit) : end]
+
+    def _dm_conversations(self, owner: str) -> dict[str, int]:
+        return {conversation: kept[-1].id for (who, conversation), kept in self._account_data.dms.items() if who == owner and kept}
+
+    def _marks(self, owner: str) -> dict[str, int]:
+        return {conversation: mark for (who, conversation), mark in self._account_data.marks.items() if who == owner}
+
+    def _prune_dms(self, count: int | None, cutoff: str | None) -> int:
+        dropped = 0
+        for place, kept in self._account_data.dms.items():
+            keep = kept
+            if cutoff is not None:
+                keep = [message for message in keep if message.timestamp >= cutoff]
+            if count is not None:
+                keep = keep[-count:]
+            dropped += len(kept) - len(keep)
+            self._account_data.dms[place] = keep
+        return dropped
+
+    # == end of accounts and moderation ====================================
+
 
 def _first_index_above(stored: list[StoredMessage], message_id: int) -> int:
     """Index of the first message whose id is greater (ids are sorted)."""
@@ -347,7 +629,34 @@ def _first_index_above(stored: list[StoredMessage], message_id: int) -> int:
     return low
 
 
-SCHEMA_VERSION = 2
+# == accounts and moderation (issue 16) ====================================
+
+#: The kinds of :class:`~chatd.accounts.records.Restriction` a store keeps.
+_BAN = "ban"
+_MUTE = "mute"
+
+
+@dataclass
+class _MemoryAccountData:
+    """What :class:`MemoryHistory` keeps of accounts and moderation."""
+
+    accounts: dict[str, AccountRecord] = field(default_factory=dict)
+    # kind -> (room key, name key) -> the ban or mute
+    restrictions: dict[str, dict[tuple[str, str], Restriction]] = field(default_factory=dict)
+    # account -> its rooms, in the order joined (the values are unused)
+    memberships: dict[str, dict[str, None]] = field(default_factory=dict)
+    # (owner, conversation) -> the DMs kept for it, in id order
+    dms: dict[tuple[str, str], list[StoredMessage]] = field(default_factory=dict)
+    # (owner, conversation) -> the newest id delivered
+    marks: dict[tuple[str, str], int] = field(default_factory=dict)
+
+#: The columns a DM is read from (SQLite).
+_DM_COLUMNS = "id, sender, recipient, text, timestamp"
+
+# == end of accounts and moderation ========================================
+
+
+SCHEMA_VERSION = 3
 
 #: Each entry upgrades the schema from the version before it.
 MIGRATIONS: dict[int, list[str]] = {
@@ -362,6 +671,24 @@ MIGRATIONS: dict[int, list[str]] = {
     # ``rooms`` keeps holding last ids only (of conversations too).
     2: [
         "CREATE TABLE room_state (key TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID",
+    ],
+    # Accounts and moderation (issue 16): accounts (PHC hashes only), bans
+    # and mutes, the rooms each account is in, the DMs kept for each
+    # account side and how far each account has been given them.
+    3: [
+        "CREATE TABLE accounts (key TEXT PRIMARY KEY, name TEXT NOT NULL, password_hash TEXT NOT NULL,"
+        " created TEXT NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE restrictions (kind TEXT NOT NULL, room TEXT NOT NULL, name TEXT NOT NULL,"
+        " room_name TEXT NOT NULL, user_name TEXT NOT NULL, expires REAL, set_by TEXT, comment TEXT NOT NULL,"
+        " created TEXT, PRIMARY KEY (kind, room, name)) WITHOUT ROWID",
+        "CREATE TABLE memberships (account TEXT NOT NULL, room TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " PRIMARY KEY (account, room)) WITHOUT ROWID",
+        "CREATE INDEX memberships_by_room ON memberships (room, account)",
+        "CREATE TABLE dm_messages (owner TEXT NOT NULL, conversation TEXT NOT NULL, id INTEGER NOT NULL,"
+        " sender TEXT NOT NULL, recipient TEXT NOT NULL, text TEXT NOT NULL, timestamp TEXT NOT NULL,"
+        " PRIMARY KEY (owner, conversation, id)) WITHOUT ROWID",
+        "CREATE TABLE delivery_marks (owner TEXT NOT NULL, conversation TEXT NOT NULL, last_id INTEGER NOT NULL,"
+        " PRIMARY KEY (owner, conversation)) WITHOUT ROWID",
     ],
 }
 
@@ -842,6 +1169,230 @@ class SQLiteHistory(HistoryStore):
                 raise HistoryError(f"history database {self.path} holds a malformed message in {room}: id {message_id!r}")
             found.append(StoredMessage(message_id, room, sender, text, timestamp))
         return found
+
+    # == accounts and moderation (issue 16) ================================
+
+    def load_account(self, key: str) -> AccountRecord | None:
+        """The account named ``key`` (any case), or None."""
+        rows = self._query("SELECT name, password_hash, created FROM accounts WHERE key = ?", (key.lower(),))
+        return self._account(rows[0]) if rows else None
+
+    def save_account(self, record: AccountRecord) -> None:
+        """Write ``record`` at once (a new account, or its new hash)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO accounts (key, name, password_hash, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET name = excluded.name, password_hash = excluded.password_hash,"
+                " created = excluded.created",
+                (record.key, record.name, record.password_hash, record.created),
+            )
+
+        self._transaction(self._writable(), work)
+
+    def create_account(self, record: AccountRecord) -> bool:
+        """Write ``record`` at once unless its name is an account already."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO accounts (key, name, password_hash, created) VALUES (?, ?, ?, ?)",
+                (record.key, record.name, record.password_hash, record.created),
+            )
+            return cursor.rowcount > 0
+
+        return self._transaction(self._writable(), work)
+
+    def accounts(self) -> list[AccountRecord]:
+        """Every account, by key."""
+        return [self._account(row) for row in self._query("SELECT name, password_hash, created FROM accounts ORDER BY key", ())]
+
+    def _account(self, row: Any) -> AccountRecord:
+        name, password_hash, created = row
+        if not all(isinstance(value, str) for value in row):
+            raise HistoryError(f"history database {self.path} holds a malformed account: {name!r}")
+        return AccountRecord(name, password_hash, created)
+
+    def prune_restrictions(self, now: float) -> int:
+        """Drop the bans and mutes that ended before ``now``; how many."""
+
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM restrictions WHERE expires IS NOT NULL AND expires <= ?", (now,)).rowcount
+
+        return self._transaction(self._writable(), work, "prune")
+
+    def add_membership(self, account: str, room: str) -> None:
+        """``account`` is in ``room`` (its place stays if it was)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            # seq counts per account: the order in which it joined its rooms.
+            db.execute(
+                "INSERT OR IGNORE INTO memberships (account, room, seq)"
+                " SELECT ?1, ?2, coalesce(max(seq), 0) + 1 FROM memberships WHERE account = ?1",
+                (account.lower(), room.lower()),
+            )
+
+        self._transaction(self._writable(), work)
+
+    def remove_membership(self, account: str, room: str) -> None:
+        """``account`` left ``room``."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM memberships WHERE account = ? AND room = ?", (account.lower(), room.lower()))
+
+        self._transaction(self._writable(), work)
+
+    def memberships(self, account: str) -> list[str]:
+        """The rooms ``account`` is in, in the order it joined them."""
+        rows = self._query("SELECT room FROM memberships WHERE account = ? ORDER BY seq", (account.lower(),))
+        return [self._text(row[0], "membership") for row in rows]
+
+    def room_accounts(self, room: str) -> list[str]:
+        """The accounts in ``room``, by key."""
+        rows = self._query("SELECT account FROM memberships WHERE room = ? ORDER BY account", (room.lower(),))
+        return [self._text(row[0], "membership") for row in rows]
+
+    def store_dms(self, entries: Iterable[tuple[str, StoredMessage]]) -> None:
+        """Write each DM for its owner at once, in one transaction; one kept already stays as it is."""
+        rows = [(owner.lower(), message) for owner, message in entries]
+        if rows:
+            self._transaction(self._writable(), lambda db: self._insert_dms(db, rows))
+
+    @staticmethod
+    def _insert_dms(db: sqlite3.Connection, rows: list[tuple[str, StoredMessage]]) -> None:
+        """Insert DMs kept for their owners (inside a transaction: a batch's
+        commit could call it too, to keep them with their ids)."""
+        db.executemany(
+            "INSERT OR IGNORE INTO dm_messages (owner, conversation, id, sender, recipient, text, timestamp)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(owner, m.room, m.id, m.sender, m.to or "", m.text, m.timestamp) for owner, m in rows],
+        )
+
+    def mark_delivered_many(self, marks: Iterable[tuple[str, str, int]]) -> None:
+        """Raise each ``(owner, conversation)`` mark to ``last_id``, in one transaction."""
+        rows = [(owner.lower(), conversation, last_id) for owner, conversation, last_id in marks]
+        if not rows:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO delivery_marks (owner, conversation, last_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (owner, conversation) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+                rows,
+            )
+
+        self._transaction(self._writable(), work)
+
+    def _load_restrictions(self, kind: str, room: str | None) -> list[Restriction]:
+        columns = "room_name, user_name, expires, set_by, comment, created"
+        if room is None:
+            rows = self._query(f"SELECT {columns} FROM restrictions WHERE kind = ? ORDER BY room, name", (kind,))
+        else:
+            rows = self._query(f"SELECT {columns} FROM restrictions WHERE kind = ? AND room = ? ORDER BY name", (kind, room))
+        found = []
+        for room_name, user_name, expires, by, comment, created in rows:
+            if (
+                not isinstance(room_name, str)
+                or not isinstance(user_name, str)
+                or not isinstance(comment, str)
+                or not (expires is None or type(expires) in (int, float))
+                or not (by is None or isinstance(by, str))
+                or not (created is None or isinstance(created, str))
+            ):
+                raise HistoryError(f"history database {self.path} holds a malformed {kind} in {room_name!r}")
+            found.append(Restriction(room_name, user_name, None if expires is None else float(expires), by, comment, created))
+        return found
+
+    def _save_restriction(self, kind: str, restriction: Restriction) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO restrictions"
+                " (kind, room, name, room_name, user_name, expires, set_by, comment, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind,
+                    restriction.room_key,
+                    restriction.key,
+                    restriction.room,
+                    restriction.name,
+                    restriction.expires,
+                    restriction.by,
+                    restriction.comment,
+                    restriction.created,
+                ),
+            )
+
+        self._transaction(self._writable(), work)
+
+    def _remove_restriction(self, kind: str, room: str, name: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("DELETE FROM restrictions WHERE kind = ? AND room = ? AND name = ?", (kind, room, name))
+            return cursor.rowcount > 0
+
+        return self._transaction(self._writable(), work)
+
+    def _dm_newest(self, owner: str, conversation: str, limit: int | None) -> list[StoredMessage]:
+        rows = self._query(
+            f"SELECT {_DM_COLUMNS} FROM dm_messages WHERE owner = ? AND conversation = ? ORDER BY id DESC LIMIT ?",
+            (owner, conversation, -1 if limit is None else limit),
+        )
+        return self._dms(conversation, reversed(rows))
+
+    def _dm_after(self, owner: str, conversation: str, after: int, limit: int) -> list[StoredMessage]:
+        rows = self._query(
+            f"SELECT {_DM_COLUMNS} FROM dm_messages WHERE owner = ? AND conversation = ? AND id > ? ORDER BY id LIMIT ?",
+            (owner, conversation, after, limit),
+        )
+        return self._dms(conversation, rows)
+
+    def _dm_before(self, owner: str, conversation: str, before: int, limit: int) -> list[StoredMessage]:
+        rows = self._query(
+            f"SELECT {_DM_COLUMNS} FROM dm_messages WHERE owner = ? AND conversation = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (owner, conversation, before, limit),
+        )
+        return self._dms(conversation, reversed(rows))
+
+    def _dm_conversations(self, owner: str) -> dict[str, int]:
+        rows = self._query("SELECT conversation, max(id) FROM dm_messages WHERE owner = ? GROUP BY conversation", (owner,))
+        return {self._text(conversation, "DM"): self._number(newest, "DM") for conversation, newest in rows}
+
+    def _marks(self, owner: str) -> dict[str, int]:
+        rows = self._query("SELECT conversation, last_id FROM delivery_marks WHERE owner = ?", (owner,))
+        return {self._text(conversation, "delivery mark"): self._number(mark, "delivery mark") for conversation, mark in rows}
+
+    def _prune_dms(self, count: int | None, cutoff: str | None) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            dropped = 0
+            if cutoff is not None:
+                dropped += db.execute("DELETE FROM dm_messages WHERE timestamp < ?", (cutoff,)).rowcount
+            if count is not None:
+                # As rooms are pruned: by the conversation's last id.
+                dropped += db.execute(
+                    "DELETE FROM dm_messages WHERE id <= (SELECT last_id FROM rooms WHERE rooms.room = dm_messages.conversation) - ?",
+                    (count,),
+                ).rowcount
+            return dropped
+
+        return self._transaction(self._writable(), work, "prune")
+
+    def _dms(self, conversation: str, rows: Iterable[Any]) -> list[StoredMessage]:
+        found = []
+        for message_id, sender, recipient, text, timestamp in rows:
+            if type(message_id) is not int or not all(isinstance(value, str) for value in (sender, recipient, text, timestamp)):
+                raise HistoryError(f"history database {self.path} holds a malformed DM in {conversation}: id {message_id!r}")
+            found.append(StoredMessage(message_id, conversation, sender, text, timestamp, recipient or None))
+        return found
+
+    def _text(self, value: Any, what: str) -> str:
+        if not isinstance(value, str):
+            raise HistoryError(f"history database {self.path} holds a malformed {what}: {value!r}")
+        return value
+
+    def _number(self, value: Any, what: str) -> int:
+        if type(value) is not int:
+            raise HistoryError(f"history database {self.path} holds a malformed {what}: {value!r}")
+        return value
+
+    # == end of accounts and moderation ====================================
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -17,7 +17,23 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from chatd.cluster.link import RedisUnavailable
-from chatd.cluster.scripts import CLAIM_NAME, PUBLISH, REFRESH_NAMES, RELEASE_NAME, REPAIR
+from chatd.cluster.scripts import (
+    CLAIM_NAME,
+    COUNT_MEMBERS,
+    CREATE_ROOM,
+    DM_PUBLISH,
+    ENTER_ROOM,
+    LEAVE_ROOM,
+    LOAD_ROOMS,
+    NODE_BEAT,
+    PUBLISH,
+    REASSERT_MEMBERS,
+    REFRESH_NAMES,
+    RELEASE_NAME,
+    REPAIR,
+    SWEEP_NODES,
+    UPDATE_ROOM,
+)
 
 #: What an answer function returns for an XREAD that should block forever.
 WAIT = object()
@@ -64,6 +80,8 @@ class FakeRedis:
         self.strings: dict[str, str] = {}
         self.expires: dict[str, float] = {}
         self.zsets: dict[str, dict[str, float]] = {}
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.sets: dict[str, dict[str, None]] = {}  # ordered, for repeatable sweeps
         self.streams: dict[str, list[tuple[str, list[str]]]] = {}
         self.blocked: list[tuple[Deferred[Any], list[str], list[str], FakeRedisLink]] = []
         #: A function of the command that may raise (to fail it) or return
@@ -158,7 +176,108 @@ class FakeRedis:
             return ids
         if script == REPAIR:
             return self.get(keys[0]) or "0"
+        if script == DM_PUBLISH:
+            return self._dm_publish(keys, argv)
+        if script in (LOAD_ROOMS, CREATE_ROOM, UPDATE_ROOM):
+            return self._rooms_script(script, keys, argv)
+        if script in (ENTER_ROOM, LEAVE_ROOM, COUNT_MEMBERS, NODE_BEAT, REASSERT_MEMBERS, SWEEP_NODES):
+            return self._members_script(script, keys, argv)
         raise AssertionError("an unknown script")
+
+    def _dm_publish(self, keys: list[str], argv: list[str]) -> list[Any]:
+        out: list[Any] = []
+        for m in range((len(argv) - 1) // 6):
+            sender, text, ts, node, token, conv = argv[1 + 6 * m: 7 + 6 * m]
+            holder = self.get(keys[3 + 2 * m])
+            if holder is None or "|" not in holder:
+                out += [0, ""]
+                continue
+            to = holder.split("|", 1)[1]
+            message_id = self.incr(keys[2 + 2 * m])
+            n = self.incr(keys[0])
+            self.xadd(keys[1], f"{n}-1", ["conv", conv, "id", str(message_id), "sender", sender, "text", text,
+                                          "ts", ts, "to", to, "node", node, "token", token])
+            out += [message_id, to]
+        return out
+
+    def _rooms_script(self, script: str, keys: list[str], argv: list[str]) -> Any:
+        records, revs = self.hashes.setdefault(keys[0], {}), self.hashes.setdefault(keys[1], {})
+        if script == LOAD_ROOMS:
+            log = self.streams.get(keys[2], [])
+            flat = [item for pair in records.items() for item in pair]
+            return [log[-1][0] if log else "0-0", flat, [item for pair in revs.items() for item in pair]]
+        key = argv[0]
+        if script == CREATE_ROOM:
+            if key in records:
+                return [records[key], revs.get(key, "0-0")]
+            text = argv[1]
+        else:
+            if key not in records:
+                return [0]
+            if revs.get(key, "0-0") != argv[1]:
+                return [2, records[key], revs.get(key, "0-0")]
+            text = argv[2]
+        rev = self.xadd(keys[2], "*", ["key", key, "record", text])
+        records[key], revs[key] = text, rev
+        return [text, rev] if script == CREATE_ROOM else [1, text, rev]
+
+    def _members_script(self, script: str, keys: list[str], argv: list[str]) -> Any:
+        if script == ENTER_ROOM:
+            members = self.zsets.setdefault(keys[1], {})
+            if argv[0] not in members:
+                members[argv[0]] = self.incr(keys[0])
+            self.sets.setdefault(keys[2], {})[f"{argv[1]} {argv[0]}"] = None
+            self.sets.setdefault(keys[3], {})[argv[2]] = None
+            return str(int(members[argv[0]]))
+        if script == LEAVE_ROOM:
+            self.zsets.get(keys[0], {}).pop(argv[0], None)
+            self.sets.get(keys[1], {}).pop(f"{argv[1]} {argv[0]}", None)
+            return 1
+        if script == COUNT_MEMBERS:
+            return [len(self.zsets.get(key, {})) for key in keys]
+        if script == NODE_BEAT:
+            alive = self.get(keys[0]) is not None
+            self.set(keys[0], "1", argv[0])
+            self.sets.setdefault(keys[1], {})[argv[1]] = None
+            return 1 if alive else 0
+        if script == REASSERT_MEMBERS:
+            back = 0
+            for i in range((len(argv) - 2) // 4):
+                room, member, seq, name = argv[2 + 4 * i: 6 + 4 * i]
+                members = self.zsets.setdefault(keys[1 + 2 * i], {})
+                if member not in members:
+                    members[member] = float(seq)
+                    back += 1
+                    self.xadd(keys[2 + 2 * i], "*", ["user", name, "status", "online", "node", argv[0]])
+                self.sets.setdefault(keys[0], {})[f"{room} {member}"] = None
+            return back
+        # SWEEP_NODES
+        node_prefix, set_prefix, members_prefix, presence_prefix = argv[:4]
+        removed: list[str] = []
+        for node in list(self.sets.get(keys[0], {})):
+            if self.get(node_prefix + node) is not None:
+                continue
+            for entry in list(self.sets.pop(set_prefix + node, {})):
+                room, _, member = entry.partition(" ")
+                if self.zsets.get(members_prefix + room, {}).pop(member, None) is not None:
+                    name = member.split("|", 1)[1]
+                    self.xadd(presence_prefix + room, "*", ["user", name, "status", "offline", "node", node])
+                    removed += [room, name]
+            self.sets[keys[0]].pop(node, None)
+        return removed
+
+    def _pexpire(self, key: str, ms: str) -> int:
+        return 1  # streams never expire here: a test runs for seconds
+
+    def _del(self, *keys: str) -> int:
+        found = 0
+        for key in keys:
+            for store in (self.strings, self.zsets, self.hashes, self.sets, self.streams):
+                if key in store:
+                    del store[key]
+                    found = 1
+            self.expires.pop(key, None)
+        return found
 
     def _xadd(self, key: str, *args: str) -> str:
         rest = list(args)

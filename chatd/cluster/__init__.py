@@ -2,8 +2,10 @@
 
 The one :class:`~chatd.core.hub.Hub`, on Redis parts instead of local
 ones: :mod:`~chatd.cluster.names` (who holds which name),
-:mod:`~chatd.cluster.bus` (ids, order, storage and delivery of messages;
-presence), :mod:`~chatd.cluster.history` (reading the streams), over
+:mod:`~chatd.cluster.bus` (ids, order, storage and delivery of messages
+and direct messages; presence and room events), :mod:`~chatd.cluster.rooms`
+(rooms' records and every node's members), :mod:`~chatd.cluster.history`
+(reading the streams), over
 :mod:`~chatd.cluster.link` (txredisapi connections that fail fast).
 :mod:`~chatd.cluster.scripts` has the keys and Lua scripts,
 :mod:`~chatd.cluster.entries` the reading of entries anyone may have

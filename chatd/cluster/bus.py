@@ -6,23 +6,41 @@ Redis in one script call per room (:data:`~chatd.cluster.scripts.PUBLISH`):
 it takes each message's id from ``INCR chatd:seq:<room>`` and appends it
 under the stream id ``<id>-1`` atomically, so ids are integers, strictly
 increasing across all nodes.  Each entry carries the publishing node and
-a token; the publisher does *not* deliver.
+a token; the publisher does *not* deliver.  Direct messages go, in one
+call per turn, to the one stream every node reads
+(:data:`~chatd.cluster.scripts.DM_PUBLISH`): the script takes each id
+from the conversation's own sequence, and refuses a message whose
+recipient's name nobody holds (``no_such_user``).
 
-**Reading**: every node, the publisher included, reads the streams
-(``XREAD BLOCK``) and hands each reply's messages of a room to the core
-as one :class:`~chatd.core.rooms.Delivery`, so every user sees one order.
-A message this node published (its node and token) carries its
+**Reading**: every node, the publisher included, reads the streams of
+the rooms it *watches* (those with a member on this node, and
+``#lobby``), and the direct messages' stream, with one ``XREAD BLOCK``,
+and hands each reply's messages of a room to the core as one
+:class:`~chatd.core.rooms.Delivery`, so every user sees one order.  A
+message this node published (its node and token) carries its
 :class:`~chatd.core.rooms.Draft` there (the sender finds its own echo),
-and its draft's ``stored`` fires after the delivery.  A node that loses
-Redis resumes reading from the last stream id it delivered: nothing is
+and its draft is settled after the delivery.  A node that loses Redis
+resumes reading from the last stream id it delivered: nothing is
 skipped, nothing repeated.  Before the first read a node finds where it
 starts (:meth:`RedisBus.when_ready`): just past the newest message the
 script gave.
 
-**Presence** of this node's users goes to ``chatd:presence:<room>``,
-read in the same ``XREAD``; the other nodes' entries go to the core.
+**Watching a room** (:meth:`RedisBus.watch`, when its first member here
+joins) finds its start the same way, and fires with that id: the joiner
+reads history up to it, and delivery takes over after it.  A blocking
+read already under way does not know the room: a tiny entry in this
+node's wake stream (``chatd:wake:<node>``, part of every read) ends it at
+once, and the next read includes the room.  A room watched already
+answers at once with the id delivered up to now.  A message posted to a
+room this node does not watch (by a non-member, where ``no_external`` is
+off) is answered from the script's ids: the core echoes it to its sender.
 
-Entries PUBLISH did not write are skipped and logged once
+**Presence** of this node's users, and room events (``topic``, ...), go
+to ``chatd:presence:<room>``, read with the room; the other nodes'
+entries go to the core.  Other parts may *follow* a stream of their own
+in the same read (:meth:`RedisBus.follow`: the rooms' records do).
+
+Entries the scripts did not write are skipped and logged once
 (:mod:`chatd.cluster.entries`); the script deletes stray entries beyond
 its sequence (so its next ``XADD`` still fits), and a reader that meets
 one asks for that same repair instead of moving its read position past
@@ -33,7 +51,9 @@ is logged, and reading goes on after a growing delay.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Union
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -41,29 +61,52 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatd import messages
 from chatd.cluster.entries import (
     BadEntry,
     SkipLog,
     entry_id,
     id_order,
+    is_event,
     lenient_fields,
+    parse_dm,
+    parse_event,
     parse_message,
     parse_presence,
     script_id,
     sequence,
 )
 from chatd.cluster.link import CALL_TIMEOUT, READ_BLOCK, Link, RedisUnavailable, cluster_busy
-from chatd.cluster.scripts import PUBLISH, REPAIR, presence_key, seq_key, stream_key
+from chatd.cluster.scripts import (
+    DM_PUBLISH,
+    DM_SEQ,
+    DM_STREAM,
+    PUBLISH,
+    REPAIR,
+    name_key,
+    presence_key,
+    seq_key,
+    stream_key,
+    wake_key,
+)
 from chatd.core.hub import DEFAULT_ROOM
-from chatd.core.rooms import Delivery, Draft
+from chatd.core.rooms import Delivery, Draft, is_dm
 from chatd.interfaces import IMessageBus, IReceiver
+from chatd.messages import ChatError
 from chatd.metrics import Metrics
 from chatd.stores.history import HistoryError, StoredMessage
 
 #: Messages kept per room stream (approximately).
 STREAM_MAXLEN = 100_000
+#: Direct messages kept in their stream (approximately): it carries them
+#: to every node (a node cut off catches up from it); nobody reads them
+#: as history.
+DM_MAXLEN = 10_000
 #: Entries kept per presence stream (approximately).
 PRESENCE_MAXLEN = 1000
+#: Entries kept in a node's wake stream, and how long it outlives its last use (ms).
+WAKE_MAXLEN = 10
+WAKE_TTL_MS = 60_000
 #: Delays between attempts of a failing read loop (s): doubled each time.
 READ_RETRY = 0.5
 READ_RETRY_MAX = 5.0
@@ -75,18 +118,46 @@ READ_BLOCK_MS = str(int(READ_BLOCK * 1000))
 
 
 class _Room:
-    """Where this node is in one room's two streams."""
+    """Where this node is in one room's two streams (or in the direct
+    messages' stream, which has no presence stream)."""
 
-    def __init__(self, room: str) -> None:
-        self.room = room
-        self.stream = stream_key(room)
-        self.seq = seq_key(room)
-        self.presence = presence_key(room)
+    def __init__(self, room: str, key: str | None = None, seq: str | None = None, presence: bool = True) -> None:
+        self.room = room  # the canonical name (the DM stream: its key)
+        self.key = room.lower()
+        self.stream = key if key is not None else stream_key(self.key)
+        self.seq = seq if seq is not None else seq_key(self.key)
+        self.presence: str | None = presence_key(self.key) if presence else None
         # The stream id read up to (None: the start is not found yet); it
         # may be a stray entry's id, once the repair made that final.
         self.position: str | None = None
         self.presence_position = "0-0"
-        self.last_delivered = 0  # the greatest message id delivered
+        self.last_delivered = 0  # the greatest stream sequence delivered (a room's: its message id)
+        # Joins waiting for the start (None once it is found).
+        self.waiters: list[Deferred[int]] = []
+
+
+class _Followed:
+    """A stream another part reads through this bus (see :meth:`RedisBus.follow`)."""
+
+    def __init__(self, key: str, start: Callable[[], Deferred[str]], handle: Callable[[list[Any]], object]) -> None:
+        self.key = key
+        self.start = start
+        self.handle = handle
+        self.position: str | None = None  # None: to be (re)started before the next read
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A draft of ours on its way: its room's key, and its message once
+    the script gave its id."""
+
+    draft: Draft
+    key: str
+    message: StoredMessage | None = None
+
+
+#: What an XREAD's stream key stands for in its reply.
+_Reader = Union[_Room, _Followed, tuple[_Room, str], str]
 
 
 @implementer(IMessageBus)
@@ -114,14 +185,20 @@ class RedisBus:
         self.max_message = max_message
         self.metrics = metrics if metrics is not None else Metrics()
         self.skips = skips if skips is not None else SkipLog()
-        self._rooms = {room: _Room(room) for room in rooms}
-        # Stream key -> (its room, whether it is the presence stream).
-        self._keys = {key: (room, key == room.presence) for room in self._rooms.values() for key in (room.stream, room.presence)}
+        # Rooms read from the start (never unwatched), and every room read
+        # now, by key.
+        self._fixed = {room.lower() for room in rooms}
+        self._rooms = {room.lower(): _Room(room) for room in rooms}
+        self._dm = _Room(DM_STREAM, key=DM_STREAM, seq=DM_SEQ, presence=False)
+        self._followed: list[_Followed] = []
+        self._wake = wake_key(node)
+        self._wake_position = "0-0"
+        self._reading: dict[str, _Reader] | None = None  # what the XREAD under way reads
         self._receiver: IReceiver | None = None
         self._tokens = itertools.count(1)
         self._outbox: list[Draft] = []
         self._publish_call: IDelayedCall | None = None
-        self._pending: dict[str, Draft] = {}  # token -> our draft not yet read back
+        self._pending: dict[str, _Pending] = {}  # token -> our draft not yet delivered
         self._ready = False
         self._ready_waiters: list[tuple[Deferred[None], IDelayedCall]] = []
         self._retry = READ_RETRY
@@ -136,43 +213,83 @@ class RedisBus:
     def publish(self, draft: Draft) -> None:
         """Queue ``draft`` for this turn's script call; it is settled once
         it was read back and delivered here (or could not be stored)."""
-        if draft.room not in self._rooms:
-            draft.settle(HistoryError(f"no stream for the room {draft.room!r}"))
-        elif not self.commands.connected:
+        if not self.commands.connected:
             draft.settle(cluster_busy())
         else:
-            # Published in one EVAL per reactor turn, like the single
-            # node's one transaction per turn.
+            # Published in one EVAL per room and reactor turn, like the
+            # single node's one transaction per turn.
             self._outbox.append(draft)
             if self._publish_call is None:
                 self._publish_call = self.clock.callLater(0, self._publish)
 
     def announce(self, user: str, status: str, room: str) -> None:
         """Tell the other nodes that ``user`` came or went in ``room``."""
-        target = self._rooms.get(room)
-        if target is None:
-            return
         d = self.commands.call(
-            "XADD", target.presence, "MAXLEN", "~", str(PRESENCE_MAXLEN), "*",
+            "XADD", presence_key(room.lower()), "MAXLEN", "~", str(PRESENCE_MAXLEN), "*",
             "user", user, "status", status, "node", self.node,
         )
         d.addErrback(self._log_failure, "announcing presence")
 
+    def announce_event(self, room: str, kind: str, content: dict[str, object]) -> None:
+        """Tell the other nodes' members of ``room`` of an event there."""
+        encoded = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+        d = self.commands.call(
+            "XADD", presence_key(room.lower()), "MAXLEN", "~", str(PRESENCE_MAXLEN), "*",
+            "event", kind, "content", encoded, "node", self.node,
+        )
+        d.addErrback(self._log_failure, f"announcing {kind}")
+
     #: Other nodes may hold sessions.
     remote = True
 
-    def announce_event(self, room: str, kind: str, content: dict[str, object]) -> None:
-        """Room events do not cross nodes yet (rooms other than #lobby are
-        not clustered yet)."""
-
     def watch(self, room: str) -> Deferred[int]:
-        """Only the rooms this bus was built with are read."""
-        if room not in self._rooms:
-            return fail(HistoryError(f"no stream for the room {room!r}"))
-        return succeed(self._rooms[room].last_delivered)
+        """Read ``room`` from now on; fires with the id of its newest
+        message that will not be delivered here (history has it).
+
+        A room read already answers at once, with the id delivered up to
+        now: whoever joins in this turn gets every later message.  Until
+        its start is found, every join waits for the same start.
+        """
+        key = room.lower()
+        target = self._rooms.get(key)
+        if target is not None and target.position is not None:
+            return succeed(target.last_delivered)
+        waiter: Deferred[int] = Deferred()
+        if target is not None:
+            target.waiters.append(waiter)
+            return waiter
+        if not self.commands.connected:
+            return fail(cluster_busy())
+        target = self._rooms[key] = _Room(room)
+        target.waiters.append(waiter)
+        d = self._locate(target)
+        d.addCallbacks(self._located, self._locate_failed, callbackArgs=(target,), errbackArgs=(target,))
+        return waiter
 
     def unwatch(self, room: str) -> None:
-        """Nothing to stop: only fixed rooms are read."""
+        """Stop reading ``room`` (its last member here left).
+
+        Ignored while joins wait for its start (each join that finds its
+        session gone asks again), and for the rooms read from the start.
+        Our messages to it that the stream has not brought back yet are
+        answered from the script's ids.
+        """
+        key = room.lower()
+        target = self._rooms.get(key)
+        if target is None or key in self._fixed or target.waiters:
+            return
+        del self._rooms[key]
+        self._echo_unread(key)
+
+    def follow(self, key: str, start: Callable[[], Deferred[str]], handle: Callable[[list[Any]], object]) -> None:
+        """Read the stream ``key`` too, from the position ``start()``
+        gives, handing each reply's entries to ``handle``.
+
+        ``start`` runs before this node is ready, and again after any
+        failed read (entries may have been trimmed meanwhile: it must
+        bring its reader up to date itself).
+        """
+        self._followed.append(_Followed(key, start, handle))
 
     def flush(self) -> None:
         """Publish what this turn accepted now (at shutdown)."""
@@ -216,13 +333,17 @@ class RedisBus:
         self._ready_waiters.append((waiter, self.clock.callLater(CALL_TIMEOUT, too_late)))
         return waiter
 
+    def watching(self, room: str) -> bool:
+        """Whether ``room`` is read here now."""
+        return room.lower() in self._rooms
+
     def last_delivered(self, room: str = DEFAULT_ROOM) -> int:
         """The greatest message id of ``room`` delivered on this node."""
-        return self._rooms[room].last_delivered
+        return self._rooms[room.lower()].last_delivered
 
     def position(self, room: str = DEFAULT_ROOM) -> str | None:
         """The stream id of ``room`` read up to (None before the start is known)."""
-        return self._rooms[room].position
+        return self._rooms[room.lower()].position
 
     @property
     def pending(self) -> int:
@@ -235,25 +356,92 @@ class RedisBus:
         self._publish_call = None
         outbox, self._outbox = self._outbox, []
         by_room: dict[str, list[Draft]] = {}
+        direct: list[Draft] = []
         for draft in outbox:
-            by_room.setdefault(draft.room, []).append(draft)
-        for room, drafts in by_room.items():
-            self._publish_room(self._rooms[room], drafts)
+            if is_dm(draft.room):
+                direct.append(draft)
+            else:
+                by_room.setdefault(draft.room.lower(), []).append(draft)
+        for key, drafts in by_room.items():
+            self._publish_room(key, drafts)
+        if direct:
+            self._publish_direct(direct)
 
-    def _publish_room(self, room: _Room, drafts: list[Draft]) -> None:
+    def _publish_room(self, key: str, drafts: list[Draft]) -> None:
         fields: list[str] = []
         tokens: list[str] = []
         for draft in drafts:
             token = str(next(self._tokens))
-            self._pending[token] = draft
+            self._pending[token] = _Pending(draft, key)
             tokens.append(token)
             fields += [draft.sender, draft.text, draft.timestamp, self.node, token]
-        d = self.commands.call("EVAL", PUBLISH, "2", room.seq, room.stream, str(STREAM_MAXLEN), *fields)
-        d.addCallbacks(self._published, self._publish_failed, errbackArgs=(tokens,))
+        d = self.commands.call("EVAL", PUBLISH, "2", seq_key(key), stream_key(key), str(STREAM_MAXLEN), *fields)
+        d.addCallbacks(self._published, self._publish_failed, callbackArgs=(key, tokens), errbackArgs=(tokens,))
 
-    def _published(self, ids: Any) -> None:
-        if isinstance(ids, list):
-            self.metrics.messages_accepted.inc(len(ids))
+    def _published(self, ids: Any, key: str, tokens: list[str]) -> None:
+        """The script's ids: our messages to a room this node does not
+        read (or whose start was found before them, so the stream will
+        not bring them) are delivered now, to their senders."""
+        if not isinstance(ids, list):
+            return
+        self.metrics.messages_accepted.inc(len(ids))
+        target = self._rooms.get(key)
+        # A room whose start was found before this reply was started
+        # before this publish (one connection, answered in order): the
+        # stream brings these messages.
+        read = target is not None and target.position is not None
+        unread: list[_Pending] = []
+        for token, raw in zip(tokens, ids):
+            pending = self._pending.get(token)
+            if pending is None or not isinstance(raw, int) or raw < 1:
+                continue
+            draft = pending.draft
+            pending.message = StoredMessage(raw, draft.room, draft.sender, draft.text, draft.timestamp)
+            if not read:
+                unread.append(self._pending.pop(token))
+        self._deliver_unread(unread)
+
+    def _echo_unread(self, key: str) -> None:
+        """Our messages to ``key`` that have their ids but will not be read
+        back (the room is no longer read): answered now."""
+        unread = [pending for pending in self._pending.values() if pending.key == key and pending.message is not None]
+        for pending in unread:
+            self._pending = {token: other for token, other in self._pending.items() if other is not pending}
+        self._deliver_unread(unread)
+
+    def _deliver_unread(self, unread: list[_Pending]) -> None:
+        if not unread:
+            return
+        messages = [pending.message for pending in unread if pending.message is not None]
+        drafts: list[Draft | None] = [pending.draft for pending in unread]
+        self._deliver(Delivery(unread[0].draft.room, messages, drafts))
+
+    def _publish_direct(self, drafts: list[Draft]) -> None:
+        keys: list[str] = []
+        fields: list[str] = []
+        tokens: list[str] = []
+        for draft in drafts:
+            token = str(next(self._tokens))
+            self._pending[token] = _Pending(draft, draft.room)
+            tokens.append(token)
+            keys += [seq_key(draft.room), name_key(str(draft.to).lower())]
+            fields += [draft.sender, draft.text, draft.timestamp, self.node, token, draft.room]
+        d = self.commands.call("EVAL", DM_PUBLISH, str(2 + len(keys)), DM_SEQ, DM_STREAM, *keys, str(DM_MAXLEN), *fields)
+        d.addCallbacks(self._published_direct, self._publish_failed, callbackArgs=(tokens,), errbackArgs=(tokens,))
+
+    def _published_direct(self, reply: Any, tokens: list[str]) -> None:
+        """Refuse the messages whose recipient nobody holds (the others
+        come back through the stream)."""
+        if not isinstance(reply, list) or len(reply) != 2 * len(tokens):
+            return
+        for token, raw in zip(tokens, reply[::2]):
+            if raw == 0 or raw == "0":
+                pending = self._pending.pop(token, None)
+                if pending is not None:
+                    to = pending.draft.to
+                    pending.draft.settle(ChatError(messages.NO_SUCH_USER, f"No such user: {to} is not online."))
+            else:
+                self.metrics.messages_accepted.inc()
 
     def _publish_failed(self, failure: Failure, tokens: list[str]) -> None:
         # Those the stream brought already were delivered; the rest fail
@@ -261,9 +449,57 @@ class RedisBus:
         # anyone's messages).
         self.log.warn("publishing failed: {problem}", problem=str(failure.value))
         for token in tokens:
-            draft = self._pending.pop(token, None)
-            if draft is not None:
-                draft.settle(HistoryError(f"publishing failed: {failure.value}"))
+            pending = self._pending.pop(token, None)
+            if pending is not None:
+                pending.draft.settle(HistoryError(f"publishing failed: {failure.value}"))
+
+    # -- watching a room --------------------------------------------------------------
+
+    def _locate(self, room: _Room) -> Deferred[None]:
+        """Find where ``room``'s streams start: just past the newest
+        message the script gave, and the newest presence entry.
+
+        That is the repaired sequence, not the stream's newest entry: a
+        stray entry there (a clock id, say) must not become our position.
+        Presence is looked up first: an entry added between the two
+        calls is read (a duplicate at worst), never missed.
+        """
+        if room.presence is None:
+            d = self.commands.call("EVAL", REPAIR, "2", room.seq, room.stream)
+            return d.addCallback(lambda seq: self._start_at([], room, sequence(seq)))
+        presence = self.commands.call("XREVRANGE", room.presence, "+", "-", "COUNT", "1")
+
+        def repair(newest: Any) -> Deferred[None]:
+            d = self.commands.call("EVAL", REPAIR, "2", room.seq, room.stream)
+            return d.addCallback(lambda seq: self._start_at(newest, room, sequence(seq)))
+
+        return presence.addCallback(repair)
+
+    def _located(self, _: object, room: _Room) -> None:
+        """The start of a newly watched room: its joins go on, and a
+        blocking read that does not include it is woken."""
+        waiters = room.waiters
+        # Each join's callback runs now, before anything of the room is
+        # delivered; one may unwatch (its session went), which waits
+        # while others are still to come.
+        while waiters:
+            waiters.pop(0).callback(room.last_delivered)
+        if self._rooms.get(room.key) is room and self._reading is not None and self._reading.get(room.stream) is not room:
+            self._wake_reader()
+
+    def _locate_failed(self, failure: Failure, room: _Room) -> None:
+        self.log.warn("finding the start of {room} failed: {problem}", room=room.room, problem=str(failure.value))
+        if self._rooms.get(room.key) is room:
+            del self._rooms[room.key]
+        waiters, room.waiters = room.waiters, []
+        for waiter in waiters:
+            waiter.errback(cluster_busy())
+
+    def _wake_reader(self) -> None:
+        """End the blocking read under way: the next one has every room."""
+        d = self.commands.call("XADD", self._wake, "MAXLEN", "~", str(WAKE_MAXLEN), "*", "wake", "1")
+        d.addCallback(lambda _: self.commands.call("PEXPIRE", self._wake, str(WAKE_TTL_MS)))
+        d.addErrback(self._log_failure, "waking the reader")
 
     # -- the read loop ---------------------------------------------------------------
 
@@ -286,11 +522,41 @@ class RedisBus:
     def _read_once(self) -> Deferred[Any]:
         if not self._ready:
             return self._find_start()
-        rooms = list(self._rooms.values())
-        keys = [key for room in rooms for key in (room.stream, room.presence)]
-        positions = [position for room in rooms for position in (room.position or "0-0", room.presence_position)]
+        if any(followed.position is None for followed in self._followed):
+            # Started again after a failure, then read in the same turn (a
+            # turn that only restarted them must not reset the back-off).
+            return self._start_followed(None).addCallback(self._xread)
+        return self._xread(None)
+
+    def _xread(self, _: object) -> Deferred[Any]:
+        readers: dict[str, _Reader] = {}
+        keys: list[str] = []
+        positions: list[str] = []
+
+        def read(key: str, position: str, reader: _Reader) -> None:
+            keys.append(key)
+            positions.append(position)
+            readers[key] = reader
+
+        # The rooms' records first: a reply's events are read after the
+        # changes they announce.
+        for followed in self._followed:
+            read(followed.key, followed.position or "0-0", followed)
+        read(self._wake, self._wake_position, "wake")
+        for room in [self._dm, *self._rooms.values()]:
+            if room.position is None:
+                continue  # its start is being found
+            read(room.stream, room.position, room)
+            if room.presence is not None:
+                read(room.presence, room.presence_position, (room, "presence"))
+        self._reading = readers
         d = self.reader.call("XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", *keys, *positions)
-        return d.addCallback(self._got_entries)
+        d.addBoth(self._read_over)
+        return d.addCallback(self._got_entries, readers)
+
+    def _read_over(self, result: Any) -> Any:
+        self._reading = None
+        return result
 
     def _read_done(self, _: object) -> None:
         self._retry = READ_RETRY
@@ -302,31 +568,47 @@ class RedisBus:
         kind = failure.type.__name__ if failure.type is not None else "Error"
         problem = f"{kind}: {failure.getErrorMessage()}"[:300]
         self.log.warn("reading the stream failed ({problem}); trying again in {delay}s", problem=problem, delay=self._retry)
+        # What others follow may have moved on (or been trimmed) meanwhile:
+        # they start again, from what Redis holds then.
+        for followed in self._followed:
+            followed.position = None
         self.clock.callLater(self._retry, self._read)
         self._retry = min(self._retry * 2, READ_RETRY_MAX)
 
     # -- the start ---------------------------------------------------------------------
 
     def _find_start(self) -> Deferred[None]:
-        """Start each room just past the newest message the script gave.
-
-        That is the repaired sequence, not the stream's newest entry: a
-        stray entry there (a clock id, say) must not become our position.
-        """
+        """Start each room read from the start, and the direct messages'
+        stream, just past the newest message the script gave; then the
+        followed streams; then this node is ready."""
         d: Deferred[Any] = succeed(None)
-        for room in self._rooms.values():
+        for key in sorted(self._fixed):
+            room = self._rooms[key]
             if room.position is None:
-                d.addCallback(self._find_room_start, room)
+                d.addCallback(self._locate_next, room)
+        if self._dm.position is None:
+            d.addCallback(self._locate_next, self._dm)
+        d.addCallback(self._start_followed)
         return d.addCallback(self._became_ready)
 
-    def _find_room_start(self, _: object, room: _Room) -> Deferred[None]:
-        d = self.commands.call("EVAL", REPAIR, "2", room.seq, room.stream)
-        return d.addCallback(self._find_presence_start, room)
+    def _start_followed(self, _: object) -> Deferred[None]:
+        d: Deferred[Any] = succeed(None)
+        for followed in self._followed:
+            if followed.position is None:
+                d.addCallback(self._start_next, followed)
+        return d
 
-    def _find_presence_start(self, seq: Any, room: _Room) -> Deferred[None]:
-        start = sequence(seq)
-        d = self.commands.call("XREVRANGE", room.presence, "+", "-", "COUNT", "1")
-        return d.addCallback(self._start_at, room, start)
+    def _locate_next(self, _: object, room: _Room) -> Deferred[None]:
+        return self._locate(room)
+
+    def _start_next(self, _: object, followed: _Followed) -> Deferred[None]:
+        return followed.start().addCallback(self._followed_at, followed)
+
+    @staticmethod
+    def _followed_at(position: Any, followed: _Followed) -> None:
+        if id_order(position) is None:
+            raise BadEntry(f"the start of {followed.key} is not a stream id: {position!r:.60}")
+        followed.position = position
 
     @staticmethod
     def _start_at(newest: Any, room: _Room, start: int) -> None:
@@ -347,10 +629,11 @@ class RedisBus:
 
     # -- a reply -----------------------------------------------------------------------
 
-    def _got_entries(self, reply: Any) -> Deferred[Any] | None:
+    def _got_entries(self, reply: Any, readers: dict[str, _Reader]) -> Deferred[Any] | None:
         """Deliver one ``XREAD`` reply (None: the block timed out).
 
         A reply of another shape raises (the loop logs it and retries).
+        Entries of a room no longer read (or read anew since) are left.
         If stray entries hold a position back, the stream is repaired
         before the next read.
         """
@@ -363,16 +646,20 @@ class RedisBus:
             if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], list):
                 raise BadEntry("the XREAD reply is not [stream, entries] pairs")
             key, entries = item
-            found = self._keys.get(key) if isinstance(key, str) else None
-            if found is None:
+            reader = readers.get(key) if isinstance(key, str) else None
+            if reader is None:
                 continue
-            room, is_presence = found
-            if is_presence:
-                self._presence(room, entries)
-                continue
-            stray = self._stream_entries(room, entries)
-            if stray is not None:
-                held.append((room, stray))
+            if isinstance(reader, _Followed):
+                self._followed_entries(reader, entries)
+            elif reader == "wake":
+                self._woken(entries)
+            elif isinstance(reader, tuple):
+                if self._current(reader[0]):
+                    self._presence(reader[0], entries)
+            elif isinstance(reader, _Room) and self._current(reader):
+                stray = self._stream_entries(reader, entries)
+                if stray is not None:
+                    held.append((reader, stray))
         if not held:
             return None
         d: Deferred[Any] = succeed(None)
@@ -380,20 +667,40 @@ class RedisBus:
             d.addCallback(self._repair, room, stray)
         return d
 
+    def _current(self, room: _Room) -> bool:
+        """Whether ``room`` is still read (not unwatched, nor watched anew)."""
+        return room is self._dm or self._rooms.get(room.key) is room
+
+    def _followed_entries(self, followed: _Followed, entries: list[Any]) -> None:
+        last = entry_id(entries[-1]) if entries else None
+        try:
+            followed.handle(entries)
+        finally:
+            if isinstance(last, str) and id_order(last) is not None:
+                followed.position = last
+
+    def _woken(self, entries: list[Any]) -> None:
+        last = entry_id(entries[-1]) if entries else None
+        if isinstance(last, str) and id_order(last) is not None:
+            self._wake_position = last
+
     def _stream_entries(self, room: _Room, entries: list[Any]) -> str | None:
         """Deliver the messages among ``entries``; skip the rest.
 
         Returns the id of a stray entry the position could not move past
         (its id is not of the script's form, so a message may come later
-        with a smaller id), or None.
+        with a smaller id), or None.  The direct messages' stream gives
+        one delivery per run of a conversation's messages.
         """
-        stored: list[StoredMessage] = []
-        drafts: list[Draft | None] = []
+        batches: list[tuple[str, list[StoredMessage], list[Draft | None]]] = []
         held: str | None = None
         for entry in entries:
             stream_id = entry_id(entry)
             try:
-                message, node, token = parse_message(room.room, entry, self.max_message)
+                if room is self._dm:
+                    message, node, token = parse_dm(entry, self.max_message)
+                else:
+                    message, node, token = parse_message(room.room, entry, self.max_message)
             except BadEntry as problem:
                 self.skips.skip(room.stream, stream_id, problem)
                 self._fail_skipped(entry)
@@ -403,13 +710,17 @@ class RedisBus:
                     held = stream_id
                 continue
             room.position, held = stream_id, None
-            if message.id <= room.last_delivered:
+            number = script_id(stream_id) or 0
+            if number <= room.last_delivered:
                 continue  # delivered already (read again after a failure)
-            room.last_delivered = message.id
-            stored.append(message)
-            drafts.append(self._pending.pop(token, None) if node == self.node else None)
-        if stored:
-            self._deliver(Delivery(room.room, stored, drafts))
+            room.last_delivered = number
+            pending = self._pending.pop(token, None) if node == self.node else None
+            if not batches or batches[-1][0] != message.room:
+                batches.append((message.room, [], []))
+            batches[-1][1].append(message)
+            batches[-1][2].append(pending.draft if pending is not None else None)
+        for name, stored, drafts in batches:
+            self._deliver(Delivery(name, stored, drafts))
         return held
 
     def _deliver(self, delivery: Delivery) -> None:
@@ -429,9 +740,9 @@ class RedisBus:
         token = fields.get("token")
         if fields.get("node") != self.node or not isinstance(token, str):
             return
-        draft = self._pending.pop(token, None)
-        if draft is not None:
-            draft.settle(HistoryError("the message was stored in a form that cannot be read"))
+        pending = self._pending.pop(token, None)
+        if pending is not None:
+            pending.draft.settle(HistoryError("the message was stored in a form that cannot be read"))
 
     def _repair(self, _: object, room: _Room, held: str) -> Deferred[None]:
         """Have the script clear the stray entries beyond its sequence."""
@@ -448,18 +759,28 @@ class RedisBus:
             room.position = held
 
     def _presence(self, room: _Room, entries: list[Any]) -> None:
-        """Other nodes' presence entries to the core (ours: the core told
-        this node's sessions already)."""
+        """Other nodes' presence entries and room events to the core
+        (ours: the core told this node's sessions already)."""
+        assert room.presence is not None
         for entry in entries:
             stream_id = entry_id(entry)
+            event: tuple[str, dict[str, object], str] | None = None
+            user: str | None = None
+            status = node = ""
             try:
-                user, status, node = parse_presence(entry)
+                if is_event(entry):
+                    event = parse_event(entry)
+                else:
+                    user, status, node = parse_presence(entry)
             except BadEntry as problem:
                 self.skips.skip(room.presence, stream_id, problem)
-                user = None
             if id_order(stream_id) is not None:
                 room.presence_position = stream_id  # first: a failure below must not repeat it
-            if user is not None and node != self.node and self._receiver is not None:
+            if self._receiver is None:
+                continue
+            if event is not None and event[2] != self.node:
+                self._receiver.receive_event(room.room, event[0], event[1])
+            elif user is not None and node != self.node:
                 self._receiver.receive_presence(user, status, room.room)
 
     def _log_failure(self, failure: Failure, doing: str) -> None:

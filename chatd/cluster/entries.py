@@ -1,6 +1,7 @@
 """Reading stream entries that anyone with access to Redis may have written.
 
-Only :data:`chatd.cluster.scripts.PUBLISH` gives message ids.  Anything
+Only :data:`chatd.cluster.scripts.PUBLISH` (and ``DM_PUBLISH`` for the
+direct messages' stream) gives message ids.  Anything
 else in a stream (an entry added by hand, with a clock id like
 ``1764000000000-0``, without ``sender``, with text that is not UTF-8 or
 longer than ``--max-message``) is :class:`BadEntry`: skipped by every
@@ -9,14 +10,15 @@ reader and by history, and logged once (:class:`SkipLog`).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from typing import Any
 
 from twisted.logger import Logger
 
-from chatd.core.hub import Hub, clean_text
-from chatd.messages import ChatError
+from chatd.core.hub import clean_text, is_valid_name
+from chatd.core.rooms import DM_PREFIX
 from chatd.stores.history import StoredMessage
 
 #: The largest id a stream entry may carry (15 digits): Lua formats and
@@ -68,12 +70,12 @@ def sequence(reply: Any) -> int:
     raise BadEntry(f"the repair replied {reply!r:.60} instead of a sequence")
 
 
-def entry_fields(entry: Any) -> tuple[str, dict[str, str]]:
+def entry_fields(entry: Any, long_fields: tuple[str, ...] = ("text",)) -> tuple[str, dict[str, str]]:
     """A stream entry ``[id, [field, value, ...]]`` as (id, fields).
 
     Raises :class:`BadEntry` for any other shape, a field that is not
-    UTF-8 (txredisapi gives it as bytes) or a field other than ``text``
-    longer than :data:`MAX_FIELD`.
+    UTF-8 (txredisapi gives it as bytes) or a field other than those in
+    ``long_fields`` longer than :data:`MAX_FIELD`.
     """
     if not isinstance(entry, (list, tuple)) or len(entry) != 2:
         raise BadEntry("not an [id, fields] pair")
@@ -86,7 +88,7 @@ def entry_fields(entry: Any) -> tuple[str, dict[str, str]]:
         raise BadEntry("a field is not UTF-8 text")
     fields = dict(zip(raw[::2], raw[1::2]))
     for name, value in fields.items():
-        if len(name) > MAX_FIELD or (name != "text" and len(value) > MAX_FIELD):
+        if len(name) > MAX_FIELD or (name not in long_fields and len(value) > MAX_FIELD):
             raise BadEntry(f"field {name[:20]!r} is too long")
     return stream_id, fields
 
@@ -99,10 +101,9 @@ def lenient_fields(entry: Any) -> dict[str, Any]:
 
 
 def _check_user(name: str, field: str) -> None:
-    try:
-        Hub.check_name(name)
-    except ChatError:
-        raise BadEntry(f"its {field} is not a valid user name") from None
+    # A JSON username or an IRC nick (PROTOCOL.md section 6.4), not "server".
+    if not is_valid_name(name):
+        raise BadEntry(f"its {field} is not a valid user name")
 
 
 def parse_message(room: str, entry: Any, max_text: int) -> tuple[StoredMessage, str, str]:
@@ -120,12 +121,73 @@ def parse_message(room: str, entry: Any, max_text: int) -> tuple[StoredMessage, 
     if sender is None or text is None or timestamp is None:
         raise BadEntry("sender, text or ts is missing")
     _check_user(sender, "sender")
-    if not text.strip() or len(text) > max_text or clean_text(text) != text:
-        raise BadEntry(f"its text is empty, has control characters or is over {max_text} characters")
+    _check_text(text, max_text)
     if not _TIMESTAMP.fullmatch(timestamp):
         raise BadEntry("its ts is not a protocol timestamp")
     message = StoredMessage(message_id, room, sender, text, timestamp)
     return message, fields.get("node", ""), fields.get("token", "")
+
+
+def _check_text(text: str, max_text: int) -> None:
+    if not text.strip() or len(text) > max_text or clean_text(text) != text:
+        raise BadEntry(f"its text is empty, has control characters or is over {max_text} characters")
+
+
+def parse_dm(entry: Any, max_text: int) -> tuple[StoredMessage, str, str]:
+    """A direct message's entry of the DM stream as (message, publishing
+    node, token); the message's room is its conversation's key.
+
+    Raises :class:`BadEntry` unless DM_PUBLISH could have written it: a
+    stream id ``<n>-1``, a conversation key ``@<a> <b>`` of two valid
+    lower-cased names in order, an id of at most 15 digits, a sender and
+    a recipient that are the conversation's, a text as in a room.
+    """
+    stream_id, fields = entry_fields(entry)
+    if script_id(stream_id) is None:
+        raise BadEntry("its id is not of the form <n>-1 that the publishing script gives")
+    conv, raw_id, sender = fields.get("conv"), fields.get("id"), fields.get("sender")
+    text, timestamp, to = fields.get("text"), fields.get("ts"), fields.get("to")
+    if conv is None or raw_id is None or sender is None or text is None or timestamp is None or to is None:
+        raise BadEntry("conv, id, sender, text, ts or to is missing")
+    parties = conv[len(DM_PREFIX):].split(" ") if conv.startswith(DM_PREFIX) else []
+    if len(parties) != 2 or parties != sorted(parties) or not all(is_valid_name(p) and p == p.lower() for p in parties):
+        raise BadEntry("its conv is not a conversation's key")
+    if not _SEQUENCE.fullmatch(raw_id) or int(raw_id) < 1:
+        raise BadEntry("its id is not a message id")
+    if not is_valid_name(sender) or not is_valid_name(to) or {sender.lower(), to.lower()} != set(parties):
+        raise BadEntry("its sender or recipient is not of the conversation")
+    _check_text(text, max_text)
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise BadEntry("its ts is not a protocol timestamp")
+    message = StoredMessage(int(raw_id), conv, sender, text, timestamp, to=to)
+    return message, fields.get("node", ""), fields.get("token", "")
+
+
+#: The longest content of a room event (characters of JSON).
+MAX_EVENT = 8192
+_EVENT_KIND = re.compile(r"[a-z_]{1,32}")
+
+
+def is_event(entry: Any) -> bool:
+    """Whether an entry of a presence stream is a room event (it has ``event``)."""
+    return "event" in lenient_fields(entry)
+
+
+def parse_event(entry: Any) -> tuple[str, dict[str, object], str]:
+    """(kind, content, node) of a room event's entry, or :class:`BadEntry`."""
+    _id, fields = entry_fields(entry, long_fields=("content",))
+    kind, raw, node = fields.get("event", ""), fields.get("content", ""), fields.get("node", "")
+    if not _EVENT_KIND.fullmatch(kind):
+        raise BadEntry("its event is not an event's kind")
+    if len(raw) > MAX_EVENT:
+        raise BadEntry("its content is too long")
+    try:
+        content = json.loads(raw)
+    except ValueError:
+        raise BadEntry("its content is not JSON") from None
+    if not isinstance(content, dict):
+        raise BadEntry("its content is not a JSON object")
+    return kind, content, node
 
 
 def parse_presence(entry: Any) -> tuple[str, str, str]:

@@ -1,4 +1,5 @@
-"""A room's history in a cluster: its Redis stream (:class:`RedisHistory`).
+"""A room's history in a cluster: its Redis stream (:class:`RedisHistory`),
+under the room's key (its name lower-cased).
 
 The stream is capped with ``MAXLEN ~`` as messages are published, so
 ``--history-retention`` does not apply, and there is nothing to open,
@@ -36,7 +37,7 @@ class RedisHistory:
         if limit is not None and limit <= 0:
             return succeed([])
         count = ["COUNT", str(limit)] if limit is not None else []
-        d = self.link.call("XREVRANGE", stream_key(room), "+", "-", *count)
+        d = self.link.call("XREVRANGE", stream_key(room.lower()), "+", "-", *count)
         d.addCallback(lambda entries: self._messages(room, entries)[::-1])
         return d.addErrback(busy_unless_chat_error)
 
@@ -49,11 +50,11 @@ class RedisHistory:
         count = str(limit + 1)
         d: Deferred[Any]
         if after is not None:
-            d = self.link.call("XRANGE", stream_key(room), f"({after}-1", "+", "COUNT", count)
+            d = self.link.call("XRANGE", stream_key(room.lower()), f"({after}-1", "+", "COUNT", count)
             d.addCallback(lambda entries: (self._messages(room, entries[:limit]), len(entries) > limit))
         else:
             top = "+" if before is None else f"({before}-0"
-            d = self.link.call("XREVRANGE", stream_key(room), top, "-", "COUNT", count)
+            d = self.link.call("XREVRANGE", stream_key(room.lower()), top, "-", "COUNT", count)
             d.addCallback(lambda entries: (self._messages(room, entries[:limit])[::-1], len(entries) > limit))
         return d.addErrback(busy_unless_chat_error)
 
@@ -66,7 +67,7 @@ class RedisHistory:
             try:
                 kept.append(parse_message(room, entry, self.max_message)[0])
             except BadEntry as problem:
-                self.skips.skip(stream_key(room), entry_id(entry), problem)
+                self.skips.skip(stream_key(room.lower()), entry_id(entry), problem)
         return kept
 
     def check(self) -> None:

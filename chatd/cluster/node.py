@@ -1,11 +1,13 @@
 """A clustered node: the one :class:`~chatd.core.hub.Hub` on Redis parts.
 
 :func:`cluster_hub` builds it (``--cluster redis://...``):
-:class:`~chatd.cluster.names.RedisNames`, :class:`~chatd.cluster.bus.RedisBus`
-and :class:`~chatd.cluster.history.RedisHistory` over two
+:class:`~chatd.cluster.names.RedisNames`, :class:`~chatd.cluster.bus.RedisBus`,
+:class:`~chatd.cluster.history.RedisHistory` and
+:class:`~chatd.cluster.rooms.RedisRooms` over two
 :class:`~chatd.cluster.link.RedisLink` s (commands, and the blocking
 reader); :class:`ClusterService` connects them, runs the read loop and
-the names' heartbeat, and on stop gives the names up and disconnects.
+the heartbeat (names, this node's liveness, the sweep of dead nodes'
+members), and on stop gives the names up and disconnects.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from chatd.cluster.entries import SkipLog
 from chatd.cluster.history import RedisHistory
 from chatd.cluster.link import Link, RedisLink
 from chatd.cluster.names import HEARTBEAT, RedisNames
+from chatd.cluster.rooms import RedisRooms
+from chatd.cluster.scripts import ROOM_LOG
 from chatd.core.hub import Hub
 from chatd.metrics import Metrics
 
@@ -42,15 +46,19 @@ def hub_on_links(
     node: str | None = None,
     **options: Any,
 ) -> Hub:
-    """A hub whose names, bus and history are in the Redis behind the
-    two links (real ones, or a test's)."""
+    """A hub whose names, bus, history and rooms are in the Redis behind
+    the two links (real ones, or a test's)."""
     node = node if node is not None else new_node_id()
     metrics = metrics if metrics is not None else Metrics()
     skips = SkipLog()  # one per node: the read loop's and history's skips are logged once
     bus = RedisBus(clock, commands, reader, node, max_message, metrics, skips)
     names = RedisNames(commands, node, when_ready=bus.when_ready)
     history = RedisHistory(commands, max_message, skips)
-    return Hub(clock, history, names, bus, max_message=max_message, metrics=metrics, **options)
+    directory = RedisRooms(commands, node)
+    # The rooms' records are loaded before the node is ready, and kept
+    # fresh from their log, read with the messages.
+    bus.follow(ROOM_LOG, directory.start, directory.handle)
+    return Hub(clock, history, names, bus, max_message=max_message, metrics=metrics, directory=directory, **options)
 
 
 def cluster_hub(reactor: Any, url: str, max_message: int = 2000, metrics: Metrics | None = None, **options: Any) -> Hub:
@@ -72,6 +80,7 @@ class ClusterService(MultiService):
             raise TypeError("ClusterService runs a hub built by cluster_hub()")
         self.bus: RedisBus = hub.bus
         self.names: RedisNames = hub.registry
+        self.rooms: RedisRooms | None = hub.directory if isinstance(hub.directory, RedisRooms) else None
         heartbeat = TimerService(HEARTBEAT, self._beat)
         heartbeat.clock = clock
         heartbeat.setServiceParent(self)
@@ -83,6 +92,12 @@ class ClusterService(MultiService):
             self.names.heartbeat()
         except Exception:
             self.log.failure("the names' heartbeat failed")
+        if self.rooms is not None:
+            try:
+                self.rooms.heartbeat()
+                self.rooms.sweep()
+            except Exception:
+                self.log.failure("the rooms' heartbeat failed")
 
     @property
     def links(self) -> list[Link]:
@@ -104,5 +119,8 @@ class ClusterService(MultiService):
         stopped: Deferred[Any] = super().stopService()
         self.bus.stop()
         stopped.addBoth(lambda _: self.names.release_all())
+        if self.rooms is not None:
+            rooms = self.rooms
+            stopped.addBoth(lambda _: rooms.retire())
         stopped.addBoth(lambda _: DeferredList([link.stop() for link in self.links], consumeErrors=True))
         return stopped.addErrback(lambda failure: None)

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import messages
+from chatd.accounts.service import AccountService
 from chatd.caps import ConnectionCaps, host_of
 from chatd.stores.history import HistoryError, Retention
 from chatd.core.hub import Hub
@@ -43,6 +44,9 @@ class ServerConfig:
     max_sendq: int = 1024 * 1024  # bytes of unsent output before a connection is dropped
     max_per_ip: int = 20  # connections from one address; 0: no limit
     max_connections: int = 10000  # connections in all; 0: no limit
+    accounts: str = "off"  # off | optional | required (PROTOCOL.md section 6.4)
+    registration: str = "open"  # open | closed (only server operators register)
+    max_sessions: int = 8  # sessions one account may have at once
 
 
 class BusyProtocol(Protocol):
@@ -65,10 +69,22 @@ class ChatFactory(ServerFactory[ChatProtocol]):
     protocol = ChatProtocol
     log = Logger()
 
-    def __init__(self, hub: Hub, config: ServerConfig, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        config: ServerConfig,
+        clock: IReactorTime,
+        accounts: AccountService | None = None,
+        operators: frozenset[str] = frozenset(),
+    ) -> None:
         self.hub = hub
         self.config = config
         self.clock = clock
+        # Registration, logins with a password, password changes; None
+        # with --accounts off.
+        self.accounts = accounts
+        # Server operators (section 6.5): lower-cased account names.
+        self.operators = operators
         self.protocols: set[ChatProtocol] = set()  # open chat connections
         # One caps object for every listener (TCP, TLS, and the web port's
         # HTTP connections: see chatd.frontends.site), so no way in escapes the caps.

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service, strports
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
+from chatd.accounts.service import AccountService
 from chatd.fds import fit_connections
 from chatd.logs import json_observer
 from chatd.stores.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
@@ -73,6 +74,16 @@ def _framing(value: str) -> str:
     return value
 
 
+def _irc_autojoin(value: str) -> tuple[str, ...]:
+    from chatd.core.rooms import ROOM_NAME
+
+    rooms = tuple(room.strip() for room in value.split(",") if room.strip())
+    for room in rooms:
+        if ROOM_NAME.fullmatch(room) is None:
+            raise usage.UsageError(f"--irc-autojoin: {room!r} is not a room name (# and 1 to 48 letters, digits, _ or -)")
+    return rooms
+
+
 def _cluster_url(value: str) -> str:
     from chatd.cluster.link import parse_url
 
@@ -111,6 +122,15 @@ def port_to_endpoint(port: str) -> str:
     return f"tcp:{port}" if port.isdigit() else port
 
 
+def _choice(option: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise usage.UsageError(f"--{option} must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return parse
+
+
 class Options(usage.Options):
     """Command-line options of ``twistd chatd``."""
 
@@ -139,6 +159,12 @@ class Options(usage.Options):
             "Rooms one name may be in at once, #lobby not counted.",
             _positive_int("max-rooms-per-user"),
         ],
+        ["accounts", None, "off", "Accounts with passwords: off, optional or required (section 6.4).", _choice("accounts", ("off", "optional", "required"))],
+        ["registration", None, "open", "Who may register accounts: open, or closed (server operators only).", _choice("registration", ("open", "closed"))],
+        ["register-rate", None, 3, "Accounts one address may register per 60 s (0: no limit).", _non_negative_int("register-rate")],
+        ["min-password", None, 8, "Shortest password, in bytes of UTF-8.", _positive_int("min-password")],
+        ["max-sessions", None, 8, "Sessions one account may have at once.", _positive_int("max-sessions")],
+        ["operators", None, None, "A file of server operators' account names, one per line (needs --accounts)."],
         ["max-request", None, 16384, "Largest request accepted, in bytes.", _positive_int("max-request")],
         [
             "login-timeout",
@@ -171,6 +197,9 @@ class Options(usage.Options):
         ["web", None, None, "Serve the browser client, /ws, /health and /metrics on this endpoint (e.g. tcp:8080) [default: off]."],
         ["cluster", None, None, "Join a cluster of chatd nodes through Redis: redis://HOST:PORT/DB [default: single node].", _cluster_url],
         ["log-format", None, "text", "Log format: text, or json (one JSON object per line).", _log_format],
+        ["irc-server-name", None, None, "The server's name on IRC [default: the host name]."],
+        ["irc-autojoin", None, "#lobby", "Rooms every IRC session joins after the welcome, comma-separated; empty: none.", _irc_autojoin],
+        ["irc-motd", None, None, "A file whose lines are the IRC message of the day [default: none, 422]."],
         ["history", None, "sqlite", "Where history is kept: sqlite (durable, the default) or memory.", _history_kind],
         ["data-dir", None, ".", f"Directory of the history database ({DATABASE_NAME})."],
         [
@@ -190,6 +219,11 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["web-origin"] = []
+        self["irc"] = []
+
+    def opt_irc(self, endpoint: str) -> None:
+        """Serve IRC clients on a Twisted endpoint, e.g. tcp:6667 or ssl:6697:privateKey=key.pem (repeatable) [default: off]."""
+        self["irc"].append(port_to_endpoint(endpoint))
 
     def opt_web_origin(self, origin: str) -> None:
         """Also accept WebSocket connections from pages of this origin, e.g. https://chat.example.org (repeatable)."""
@@ -221,7 +255,30 @@ class Options(usage.Options):
             max_sendq=self["max-sendq"],
             max_per_ip=self["max-per-ip"],
             max_connections=self["max-connections"],
+            accounts=self["accounts"],
+            registration=self["registration"],
+            max_sessions=self["max-sessions"],
         )
+
+
+def read_operators(path: str) -> frozenset[str]:
+    """The lower-cased account names in an ``--operators`` file (blank
+    lines and ``#`` comments skipped)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as problem:
+        raise SystemExit(f"chatd: cannot read --operators {path!r}: {problem}") from None
+    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+def make_accounts(options: Options, store: HistoryStore, reactor: Any) -> AccountService:
+    """The account service over the history store (``--accounts`` on)."""
+    from chatd.accounts.passwords import Passwords
+    from chatd.accounts.throttle import LocalThrottle
+
+    throttle = LocalThrottle(reactor, register_rate=options["register-rate"])
+    return AccountService(store, Passwords(reactor), throttle, reactor, min_password=options["min-password"])
 
 
 def room_options(options: Options) -> dict[str, Any]:
@@ -284,9 +341,21 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["cluster"]:
         from chatd.cluster.node import ClusterService, cluster_hub
 
+        if options["accounts"] != "off":
+            raise SystemExit("chatd: --accounts is not available with --cluster yet")
         hub = cluster_hub(reactor, options["cluster"], max_message=options["max-message"], **room_options(options))
+        accounts = None
     else:
-        hub = Hub.local(reactor, open_history(options), max_message=options["max-message"], **room_options(options))
+        store = open_history(options)
+        hub = Hub.local(reactor, store, max_message=options["max-message"], **room_options(options))
+        accounts = make_accounts(options, store, reactor) if options["accounts"] != "off" else None
+    operators = frozenset[str]()
+    if options["operators"]:
+        if accounts is None:
+            raise SystemExit("chatd: --operators needs --accounts optional or required")
+        operators = read_operators(options["operators"])
+    if accounts is not None:
+        hub.use_accounts(store, operators, options["max-sessions"])
     config = options.config()
     fits, files = fit_connections(config.max_connections)
     if fits != config.max_connections:
@@ -295,7 +364,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             files=files, fits=fits, wanted=config.max_connections or "unlimited",
         )
         config = dataclasses.replace(config, max_connections=fits)
-    factory = ChatFactory(hub, config, reactor)
+    factory = ChatFactory(hub, config, reactor, accounts=accounts, operators=operators)
     observer = None
     if options["log-format"] == "json":
         observer = json_observer(getattr(options, "parent", None))
@@ -324,4 +393,60 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
         except Exception as problem:
             raise SystemExit(f"chatd: cannot serve the web on {web!r}: {problem}") from None
+    if options["irc"]:
+        listen_irc(options, factory, top, reactor)
     return top
+
+
+def irc_accounts(factory: ChatFactory) -> dict[str, Any]:
+    """The IRC front-end's account settings (SASL, PASS, OPER: section
+    7.2) from the chat factory's account service; none with --accounts off."""
+    from twisted.internet.defer import Deferred, maybeDeferred
+
+    accounts = factory.accounts
+    if accounts is None:
+        return {}
+
+    def check_for(host: str) -> Any:
+        def check(name: str, password: str) -> Deferred[str]:
+            return accounts.login(name, password, host).addCallback(lambda logged: logged.name)
+
+        return check
+
+    def exists(name: str) -> Deferred[bool]:
+        return maybeDeferred(accounts.store.load_account, name).addCallback(lambda record: record is not None)
+
+    return {
+        "accounts": check_for,
+        "account_exists": exists,
+        "accounts_required": factory.config.accounts == "required",
+        "operators": factory.operators,
+    }
+
+
+def listen_irc(options: Options, factory: ChatFactory, top: service.MultiService, reactor: Any) -> None:
+    """The IRC front-end (``--irc``, section 7): its factory on the same
+    hub and caps, one listener per endpoint, and its shutdown (stopped
+    before the history service, after its listeners)."""
+    from chatd.frontends.irc.factory import IRCConfig, IRCFactory, IRCShutdownService
+
+    autojoin = options["irc-autojoin"]
+    if isinstance(autojoin, str):  # the default is not passed through its coercer
+        autojoin = _irc_autojoin(autojoin)
+    settings: dict[str, Any] = {"autojoin": autojoin}
+    if options["irc-server-name"]:
+        settings["server_name"] = options["irc-server-name"]
+    if options["irc-motd"]:
+        try:
+            with open(options["irc-motd"], encoding="utf-8", errors="replace") as motd:
+                settings["motd"] = tuple(line.rstrip("\r\n") for line in motd)
+        except OSError as problem:
+            raise SystemExit(f"chatd: cannot read --irc-motd: {problem}") from None
+    settings.update(irc_accounts(factory))
+    irc = IRCFactory(factory, IRCConfig(**settings))
+    IRCShutdownService(irc).setServiceParent(top)
+    for endpoint in options["irc"]:
+        try:
+            strports.service(endpoint, irc, reactor=reactor).setServiceParent(top)
+        except Exception as problem:
+            raise SystemExit(f"chatd: cannot serve IRC on {endpoint!r}: {problem}") from None

@@ -166,5 +166,6 @@ def rebuild_hub(hub: Hub, store: Any) -> None:
 
     hub.history = LocalHistory(store)
     hub.directory = LocalRooms(store)
+    hub.moderation.store = store
     hub.bus = LocalBus(hub.clock, store, hub.metrics)
     hub.bus.subscribe(hub)

@@ -540,3 +540,21 @@ class RetentionAndMetricsTests(RoomsTestCase):
         self.join(alice, "#b")
         alice.send("part", "#b")
         self.assertIn(b"chatd_rooms 3.0", metrics.exposition())
+
+
+class EchoOrderTests(RoomsTestCase):
+    def test_echoes_of_one_read_come_in_request_order(self) -> None:
+        import json
+
+        ann = self.v2("ann")
+        self.v2("bob")
+        ann.received()
+        self.join(ann, "#dev")
+        requests = [
+            {"request": "msg", "content": "a", "room": "#dev", "ref": 1},
+            {"request": "msg", "content": "b", "ref": 2},
+            {"request": "msg", "content": "d", "to": "bob", "ref": 3},
+            {"request": "msg", "content": "c", "room": "#dev", "ref": 4},
+        ]
+        ann.send_raw(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+        self.assertEqual([(r["ref"], r["content"]) for r in ann.received()], [(1, "a"), (2, "b"), (3, "d"), (4, "c")])

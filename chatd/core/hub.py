@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd import messages
+from chatd.core.moderation import Moderation
 from chatd.core.rooms import LOBBY, ROOM_NAME, Delivery, Draft, Room, dm_key, dm_parties, is_dm
 from chatd.interfaces import IChatCore, IHistory, IMessageBus, INameRegistry, IReceiver, IRoomDirectory, ISession
 from chatd.messages import ChatError
@@ -57,6 +58,8 @@ MAX_ROOMS_PER_USER = 50
 _USERNAME = re.compile(r"[A-Za-z0-9]{1,32}")
 #: A name a ``to`` or ``with`` may give: a JSON username or an IRC nick (section 6.4).
 _VALID_NAME = re.compile(r"[A-Za-z0-9]{1,32}|[A-Za-z_][A-Za-z0-9_-]{0,31}")
+#: An IRC nick (section 7.2): what an IRC session logs in or renames with.
+_NICK = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
 # Unicode category Cc except \t (U+0009) and \n (U+000A).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -133,6 +136,25 @@ class Hub:
         self.rooms: dict[str, Room] = {DEFAULT_ROOM: Room(DEFAULT_ROOM)}
         # The rooms (keys) each session joined, #lobby not counted, in order.
         self._joined: dict[ISession, dict[str, None]] = {}
+        # Names (lower-cased) of this node's sessions that are not in #lobby
+        # (IRC sessions, section 7.1): left out of #lobby's names.
+        self._outside_lobby: set[str] = set()
+        # Names (lower-cased) whose last session is ending right now, with
+        # a number for that logout: the rooms' presence comes per room, and
+        # an IRC member turns it into one QUIT per logout (section 7.1).
+        self.departing: dict[str, int] = {}
+        self._departures = 0
+        # Further sessions of an account logged in here (the first is in
+        # _sessions), and which names are accounts' (section 6.4).
+        self._extra: dict[str, list[ISession]] = {}
+        self._account_names: set[str] = set()
+        #: Whether a (lower-cased) name is an account; set where accounts are on.
+        self.is_account: Callable[[str], bool] = lambda lower: False
+        #: ``--max-sessions``: sessions one account may have at once.
+        self.max_sessions = 8
+        #: Keeps an account's rooms across sessions (a HistoryStore), if accounts are on.
+        self.memberships: Any = None
+        self.moderation = Moderation(self)
         self.metrics.watch_rooms(self.room_count)
         bus.subscribe(self)
 
@@ -146,7 +168,19 @@ class Hub:
         metrics = metrics if metrics is not None else Metrics()
         bus = LocalBus(clock, store, metrics)
         directory = LocalRooms(store)
-        return cls(clock, LocalHistory(store), LocalNames(), bus, max_message=max_message, metrics=metrics, directory=directory, **options)
+        hub = cls(clock, LocalHistory(store), LocalNames(), bus, max_message=max_message, metrics=metrics, directory=directory, **options)
+        hub.moderation.store = store  # bans and mutes are kept with history
+        return hub
+
+    def use_accounts(self, store: Any, operators: frozenset[str] = frozenset(), max_sessions: int = 8) -> None:
+        """Accounts are on (section 6.4): ``store`` knows them and keeps
+        their rooms; ``operators`` are the server operators' names."""
+        self.is_account = lambda lower: store.load_account(lower) is not None
+        self.memberships = store
+        self.max_sessions = max_sessions
+        self.moderation.operators = operators
+        if hasattr(self.directory, "is_account"):
+            self.directory.is_account = self.is_account
 
     @property
     def lobby(self) -> Room:
@@ -162,9 +196,16 @@ class Hub:
         return 1 + sum(1 for record in self.directory.records() if record.key != DEFAULT_ROOM)
 
     @staticmethod
-    def check_name(name: Any) -> None:
-        """``invalid_username`` or ``name_taken`` (reserved) for a bad name."""
-        if not isinstance(name, str) or not _USERNAME.fullmatch(name):
+    def check_name(name: Any, nick: bool = False) -> None:
+        """``invalid_username`` or ``name_taken`` (reserved) for a bad name
+        (with ``nick``, an IRC nick's rule, section 7.2)."""
+        if nick:
+            if not isinstance(name, str) or not _NICK.fullmatch(name):
+                raise ChatError(
+                    messages.INVALID_USERNAME,
+                    "Invalid nick: a letter or _ first, then letters, digits, _ or -, up to 32 in all.",
+                )
+        elif not isinstance(name, str) or not _USERNAME.fullmatch(name):
             raise ChatError(
                 messages.INVALID_USERNAME,
                 "Invalid username: use 1 to 32 characters, each a letter A-Z or a-z or a digit 0-9.",
@@ -174,14 +215,57 @@ class Hub:
 
     # -- sessions ----------------------------------------------------------
 
-    def login(self, session: ISession, name: Any) -> Deferred[str]:
-        """Register ``session`` under ``name`` and enter the default room."""
+    def login(
+        self, session: ISession, name: Any, nick: bool = False, lobby: bool = True, account: bool = False
+    ) -> Deferred[str]:
+        """Register ``session`` under ``name`` and enter the default room.
+
+        An IRC session logs in with ``nick`` (the nick rule, section 7.2)
+        and without ``lobby``: it enters ``#lobby`` only by joining it
+        (section 7.1).
+        """
         try:
-            self.check_name(name)
+            if not account:  # an account's name was checked at its registration
+                self.check_name(name, nick)
+            self.moderation.check_login(name)
+            lower = name.lower()
+            if account and lower in self._account_names:
+                return succeed(self._attach(session, name, lobby))
         except ChatError:
             return fail()
         claimed = self.registry.claim(name, lambda: self._lost(session))
-        return claimed.addCallback(lambda _: self._entered(session, name))
+        return claimed.addCallback(lambda _: self._entered(session, name, lobby, account))
+
+    def _attach(self, session: ISession, name: str, lobby_too: bool) -> str:
+        """A further session of an account logged in here: it joins the
+        name's rooms without a word to anyone (section 6.4)."""
+        lower = name.lower()
+        sessions = self.sessions_of(lower)
+        if len(sessions) >= self.max_sessions:
+            raise ChatError(
+                messages.FORBIDDEN, f"{name} has {self.max_sessions} sessions already, the most one account may have."
+            )
+        self._extra.setdefault(lower, []).append(session)
+        canonical = str(sessions[0].name)
+        if lobby_too:
+            self.lobby.add(session)
+        if getattr(session, "version", 1) >= 2:
+            joined = self._joined.get(sessions[0], {})
+            for key in joined:
+                room = self.rooms.get(key)
+                if room is not None:
+                    room.add(session)
+            self._joined[session] = dict(joined)
+        return canonical
+
+    def sessions_of(self, name: str) -> list[ISession]:
+        """This node's sessions of ``name`` (any case), the first first."""
+        lower = name.lower()
+        first = self._sessions.get(lower)
+        if first is None:
+            return []
+        extra = self._extra.get(lower)
+        return [first, *extra] if extra else [first]
 
     def _lost(self, session: ISession) -> None:
         """The name went to a session elsewhere: ``session`` leaves without
@@ -192,36 +276,154 @@ class Hub:
             for key in list(self._joined.pop(session, {})):
                 self._leave_room(session, key, announce=False)
             self.lobby.remove(session)
+            self._outside_lobby.discard(session.name.lower())
         session.name_lost()
 
-    def _entered(self, session: ISession, name: str) -> str:
+    def _entered(self, session: ISession, name: str, lobby_too: bool = True, account: bool = False) -> str:
         self._sessions[name.lower()] = session
+        if account:
+            self._account_names.add(name.lower())
+        if not lobby_too:
+            self._outside_lobby.add(name.lower())
+            return name
         lobby = self.lobby
         lobby.add(session)
         lobby.announce(name, "online", session)
         self.bus.announce(name, "online", lobby.name)
         return name
 
-    def logout(self, session: ISession) -> None:
-        """Remove ``session``: its name is free at once, its rooms told."""
+    def logout(self, session: ISession, comment: str | None = None) -> None:
+        """Remove ``session``: its name is free at once, its rooms told
+        (their ``presence`` carries ``comment``, a quit text, if given)."""
         if not self.is_member(session):
             return
         name = session.name
         assert name is not None
-        del self._sessions[name.lower()]
+        lower = name.lower()
+        if self._detach(session, lower):
+            return  # the name has other sessions: nobody is told
+        del self._sessions[lower]
+        self._account_names.discard(lower)
+        self._outside_lobby.discard(lower)
         self.registry.release(name)
+        self.moderation.last_session_ended(name)
+        comment = clean_topic(comment).strip() if comment else None
+        self._departures += 1
+        self.departing[lower] = self._departures
+        try:
+            for key in list(self._joined.pop(session, {})):
+                self._leave_room(session, key, comment=comment)
+            lobby = self.lobby
+            if session in lobby:
+                lobby.remove(session)
+                self._announce_leaving(lobby, session, name, comment)
+        finally:
+            self.departing.pop(lower, None)
+
+    def rename(self, session: ISession, new: Any) -> Deferred[str]:
+        """A logged-in guest's ``session`` takes the name ``new`` (an IRC
+        ``NICK``, section 7.3): ``invalid_username``, ``name_taken``.
+
+        Its rooms keep it, in the same place for the session and at the
+        end for the room's order; its roles go with it.  Members that can
+        show a rename (a ``renamed(old, new)`` method: IRC) are told once;
+        the others get ``presence`` ``offline`` for the old name and
+        ``online`` for the new one, in each room they share.
+        """
+        try:
+            self.check_name(new, nick=True)
+        except ChatError:
+            return fail()
+        old = session.name
+        if old is None or not self.is_member(session):
+            return fail(ChatError(messages.NOT_LOGGED_IN, "You are not logged in."))
+        if new == old:
+            return succeed(old)
+        case_only = new.lower() == old.lower()
+        if case_only:
+            self.registry.release(old)
+        claimed = self.registry.claim(new, lambda: self._lost(session))
+        return claimed.addCallback(lambda _: self._renamed(session, old, new, case_only))
+
+    def _renamed(self, session: ISession, old: str, new: str, case_only: bool) -> str:
+        if not self.is_member(session) or session.name != old:
+            self.registry.release(new)  # gone (or renamed) meanwhile
+            raise ChatError(messages.NOT_LOGGED_IN, "You are not logged in.")
+        if not case_only:
+            self.registry.release(old)
+        old_lower, new_lower = old.lower(), new.lower()
+        del self._sessions[old_lower]
+        self._sessions[new_lower] = session
+        session.name = new
+        if old_lower in self._outside_lobby:
+            self._outside_lobby.discard(old_lower)
+            self._outside_lobby.add(new_lower)
+        rooms = [self.lobby] if session in self.lobby else []
+        rooms += [self.rooms[key] for key in self._joined.get(session, {}) if key in self.rooms]
+        for room in rooms:
+            if room.key != DEFAULT_ROOM:
+                self._move_member(room.key, old, new)
+        told: set[int] = set()
+        for room in rooms:
+            for member in room.members():
+                if member is session:
+                    continue
+                renamed = getattr(member, "renamed", None)
+                if renamed is None:
+                    member.presence(old, "offline", room.name)
+                    member.presence(new, "online", room.name)
+                elif id(member) not in told:
+                    told.add(id(member))
+                    renamed(old, new)
+            self.bus.announce(old, "offline", room.name)
+            self.bus.announce(new, "online", room.name)
+        return new
+
+    def _move_member(self, key: str, old: str, new: str) -> None:
+        """The room's member ``old`` is now ``new``, roles included."""
+        self.directory.leave(key, old)
+        self.directory.enter(key, new)
+        record = self.directory.get(key)
+        old_lower, new_lower = old.lower(), new.lower()
+        if record is not None and (old_lower in record.ops or old_lower in record.voiced):
+            op, voiced = old_lower in record.ops, old_lower in record.voiced
+
+            def moved(current: RoomRecord) -> RoomRecord:
+                current = current.with_op(old_lower, False).with_voice(old_lower, False)
+                if op:
+                    current = current.with_op(new_lower)
+                return current.with_voice(new_lower) if voiced else current
+
+            d = self.directory.update(key, moved)
+            d.addErrback(lambda failure: self.log.failure("moving {user}'s roles in {room} failed", failure, user=new, room=key))
+
+    def _detach(self, session: ISession, lower: str) -> bool:
+        """``session`` ends while its name has others: it leaves its rooms
+        silently (the first session's place goes to the next).  False if
+        it is the name's last session."""
+        extra = self._extra.get(lower)
+        if not extra:
+            return False
+        if self._sessions.get(lower) is session:
+            self._sessions[lower] = extra.pop(0)
+        else:
+            extra.remove(session)
+        if not extra:
+            del self._extra[lower]
         for key in list(self._joined.pop(session, {})):
-            self._leave_room(session, key)
-        lobby = self.lobby
-        if session in lobby:
-            lobby.remove(session)
-            lobby.announce(name, "offline", session)
-            self.bus.announce(name, "offline", lobby.name)
+            room = self.rooms.get(key)
+            if room is not None:
+                room.remove(session)
+        self.lobby.remove(session)
+        return True
 
     def is_member(self, session: ISession) -> bool:
         """Whether ``session`` is logged in on this node."""
         name = session.name
-        return name is not None and self._sessions.get(name.lower()) is session
+        if name is None:
+            return False
+        lower = name.lower()
+        return self._sessions.get(lower) is session or session in self._extra.get(lower, ())
 
     def session_named(self, name: str) -> ISession | None:
         """This node's session holding ``name`` (any case), if any."""
@@ -236,7 +438,11 @@ class Hub:
         """The names in ``room`` (a canonical name or key), in the order
         they entered (every node's)."""
         if room.lower() == DEFAULT_ROOM:
-            return self.registry.names()
+            names = self.registry.names()
+            if self._outside_lobby:
+                # IRC sessions of this node that are not in #lobby.
+                names.addCallback(lambda found: [name for name in found if name.lower() not in self._outside_lobby])
+            return names
         return self.directory.members(room.lower())
 
     # -- rooms -------------------------------------------------------------
@@ -283,17 +489,34 @@ class Hub:
         """The canonical names of the rooms ``session`` joined, in order."""
         return [self.rooms[key].name for key in self._joined.get(session, {})]
 
-    def join(self, session: ISession, name: Any) -> Deferred[Joined]:
+    def account_rooms(self, name: str) -> list[str]:
+        """The keys of the rooms an account is in, in the order joined."""
+        if self.memberships is None or not self._is_account(name.lower()):
+            return []
+        return list(self.memberships.memberships(name.lower()))
+
+    def join(self, session: ISession, name: Any, rejoin: bool = False) -> Deferred[Joined]:
         """``session`` enters the room ``name``, created if new.
 
         Fires with what the answer needs: the record, the members and the
-        history up to where delivery starts (None if already a member).
+        history up to where delivery starts (None if already a member;
+        with ``rejoin``, an account's session coming back, the history
+        then too).
         """
+        if rejoin and self.in_room(session, str(name).lower()):
+            record = self.directory.get(str(name).lower())
+            if record is not None:
+                return self._rejoined(record)
         try:
             key = self.room_key(name)
+            if key == DEFAULT_ROOM and self.is_member(session) and session not in self.lobby:
+                return self._enter_lobby(session)
             if key == DEFAULT_ROOM or self.in_room(session, key):
                 record = self.record(name)
                 return self.names(record.name).addCallback(lambda members: Joined(record, members, None))
+            existing = self.directory.get(key)
+            if existing is not None:
+                self.moderation.check_join(session, existing)
             if len(self._joined.get(session, {})) >= self.max_rooms_per_user:
                 raise ChatError(
                     messages.FORBIDDEN,
@@ -303,6 +526,29 @@ class Hub:
             return fail()
         d = self.directory.create(name, self.now())
         return d.addCallback(self._watch_room, session)
+
+    def _rejoined(self, record: RoomRecord) -> Deferred[Joined]:
+        """A room a further session of an account is in already: its info
+        and newest messages."""
+        d = self.directory.members(record.key)
+
+        def with_history(members: list[str]) -> Deferred[Joined]:
+            recent = self.history.recent(record.name, self.history_on_join)
+            return recent.addCallback(lambda history: Joined(record, members, history))
+
+        return d.addCallback(with_history)
+
+    def _enter_lobby(self, session: ISession) -> Deferred[Joined]:
+        """An IRC session that is not in ``#lobby`` joins it (section 7.1)."""
+        name = session.name
+        assert name is not None
+        lobby = self.lobby
+        lobby.add(session)
+        self._outside_lobby.discard(name.lower())
+        lobby.announce(name, "online", session)
+        self.bus.announce(name, "online", lobby.name)
+        record = self.lobby_record()
+        return self.names().addCallback(lambda members: Joined(record, members, []))
 
     def _watch_room(self, record: RoomRecord, session: ISession) -> Deferred[Joined]:
         d = self.bus.watch(record.name)
@@ -317,16 +563,29 @@ class Hub:
         room = self.rooms.get(key)
         if room is None:
             room = self.rooms[key] = Room(record.name)
-        room.add(session)
-        self._joined.setdefault(session, {})[key] = None
         name = session.name
         assert name is not None
+        # Membership belongs to the name: its other v2 sessions join too.
+        others = [other for other in self.sessions_of(name) if other is not session and getattr(other, "version", 1) >= 2]
+        for member in [session, *others]:
+            room.add(member)
+            self._joined.setdefault(member, {})[key] = None
+        self.moderation.joined(name, key)
+        if self._is_account(name.lower()) and self.memberships is not None:
+            self.memberships.add_membership(name.lower(), key)
         d: Deferred[Any] = self.directory.members(key)
         d.addCallback(self._take_op_if_none, key, name)
         d.addCallback(lambda _: self.directory.enter(key, name))
         d.addCallback(lambda _: self._announce_entry(room, session, name))
         d.addCallback(lambda _: self._history_until(record.name, start))
-        return d.addCallback(self._joined_answer, key)
+        d.addCallback(self._joined_answer, key)
+        return d.addCallback(self._tell_other_sessions, others)
+
+    def _tell_other_sessions(self, joined: Joined, others: list[ISession]) -> Joined:
+        """The name's other sessions get the same answer, without ``ref``."""
+        for other in others:
+            other.notify("joined", {"joined": joined})
+        return joined
 
     def _take_op_if_none(self, members: list[str], key: str, name: str) -> Deferred[RoomRecord] | None:
         """Whenever a name joins a room where no member is op (and, with
@@ -341,8 +600,8 @@ class Hub:
         return self.directory.update(key, lambda current: current.with_op(lower))
 
     def _is_account(self, lower: str) -> bool:
-        """Whether ``lower`` names an account (none yet: guests only)."""
-        return False
+        """Whether ``lower`` names an account."""
+        return self.is_account(lower)
 
     def _announce_entry(self, room: Room, session: ISession, name: str) -> None:
         room.announce(name, "online", session)
@@ -365,21 +624,57 @@ class Hub:
         assert record is not None
         return self.directory.members(key).addCallback(lambda members: Joined(record, members, history))
 
-    def part(self, session: ISession, name: Any, comment: str | None = None) -> RoomRecord:
+    def part(
+        self, session: ISession, name: Any, comment: str | None = None, lobby: bool = False, announce: bool = True
+    ) -> RoomRecord:
         """``session`` leaves the room ``name`` (``invalid_room``,
         ``forbidden`` for ``#lobby``, ``no_such_room``, ``not_in_room``);
-        the members' ``presence`` carries ``comment``, cleaned like a topic."""
+        the members' ``presence`` carries ``comment``, cleaned like a topic.
+
+        With ``lobby`` (an IRC session, section 7.1) ``#lobby`` may be left
+        too.  Without ``announce`` the members are told nothing (the
+        caller told them already, e.g. of a kick).
+        """
         key = self.room_key(name)
-        if key == DEFAULT_ROOM:
+        if key == DEFAULT_ROOM and not lobby:
             raise ChatError(messages.FORBIDDEN, "Everyone stays in #lobby: it cannot be left.")
         record = self.record(name)
         if not self.in_room(session, key):
             raise not_in_room(record)
+        comment = clean_topic(comment).strip() if comment else None
+        if key == DEFAULT_ROOM:
+            lobby_room = self.lobby
+            lobby_room.remove(session)
+            self._outside_lobby.add(str(session.name).lower())
+            if announce:
+                self._announce_leaving(lobby_room, session, str(session.name), comment)
+            return record
         self._joined.get(session, {}).pop(key, None)
-        self._leave_room(session, key, comment=clean_topic(comment).strip() if comment else None)
+        self._leave_room(session, key, announce=announce, comment=comment, parted=True)
+        # Membership belongs to the name: its other sessions leave too.
+        for other in self.sessions_of(str(session.name)):
+            if other is not session and key in self._joined.get(other, {}):
+                self._joined[other].pop(key, None)
+                room = self.rooms.get(key)
+                if room is not None:
+                    room.remove(other)
+                other.notify("parted", {"room": record.name})
         return record
 
-    def _leave_room(self, session: ISession, key: str, announce: bool = True, comment: str | None = None) -> None:
+    def _announce_leaving(self, room: Room, session: ISession, name: str, comment: str | None) -> None:
+        """``presence`` ``offline`` of ``name`` to the room's members (with
+        ``comment``, if any), here and on the other nodes."""
+        if comment:
+            content: dict[str, object] = {"user": name, "status": "offline", "room": room.name, "comment": comment}
+            room.notify("presence", content)
+            self.bus.announce_event(room.name, "presence", content)
+        else:
+            room.announce(name, "offline", session)
+            self.bus.announce(name, "offline", room.name)
+
+    def _leave_room(
+        self, session: ISession, key: str, announce: bool = True, comment: str | None = None, parted: bool = False
+    ) -> None:
         """``session`` leaves the room ``key``: presence, membership, a
         guest's roles; the bus stops delivering a room nobody here is in."""
         room = self.rooms.get(key)
@@ -387,19 +682,9 @@ class Hub:
         if room is None or name is None or session not in room:
             return
         room.remove(session)
-        self.directory.leave(key, name)
-        lower = name.lower()
-        record = self.directory.get(key)
-        if record is not None and not self._is_account(lower) and (lower in record.ops or lower in record.voiced):
-            d = self.directory.update(key, lambda current: current.with_op(lower, False).with_voice(lower, False))
-            d.addErrback(lambda failure: self.log.failure("dropping {user}'s roles in {room} failed", failure, user=name, room=key))
-        if announce and comment:
-            content: dict[str, object] = {"user": name, "status": "offline", "room": room.name, "comment": comment}
-            room.notify("presence", content)
-            self.bus.announce_event(room.name, "presence", content)
-        elif announce:
-            room.announce(name, "offline", session)
-            self.bus.announce(name, "offline", room.name)
+        self._forget_membership(key, name, parted)
+        if announce:
+            self._announce_leaving(room, session, name, comment)
         self._unwatch_if_empty(key, room.name)
 
     def _unwatch_if_empty(self, key: str, name: str) -> None:
@@ -426,7 +711,7 @@ class Hub:
             rooms = listed + [(lobby, len(names))]
             return sorted(rooms, key=lambda pair: pair[0].key)
 
-        return self.registry.names().addCallback(with_lobby)
+        return self.names().addCallback(with_lobby)
 
     def topic(
         self, session: ISession, name: Any, text: Any, on_set: Callable[[RoomRecord], object] | None = None
@@ -476,19 +761,26 @@ class Hub:
 
     # -- messages ----------------------------------------------------------
 
-    def post(self, session: ISession, text: str, room: str | None = None, to: str | None = None) -> Draft:
+    def post(
+        self, session: ISession, text: str, room: str | None = None, to: str | None = None, notice: bool = False
+    ) -> Draft:
         """Validate ``text`` from ``session`` for ``room`` (default
         ``#lobby``) or for the name ``to``, and have it stored, then
         delivered.  Raises ``ChatError`` with the section 6 codes, in
-        their order, then section 4's."""
+        their order, then section 4's.  ``notice``: an IRC NOTICE
+        (section 7.1), marked so on its draft."""
         sender = session.name
         assert sender is not None
         if to is not None:
-            recipient = self._recipient(to)
+            recipient, offline = self._recipient(to, sender)
             draft = Draft(dm_key(sender, recipient), sender, self.checked_text(text), self.now(), session, to=recipient)
+            draft.offline = offline
+            draft.owners = tuple(name.lower() for name in {sender.lower(): sender, recipient.lower(): recipient}.values() if self._is_account(name.lower()))
         else:
             target = DEFAULT_ROOM if room is None else self._postable(session, room)
             draft = Draft(target, sender, self.checked_text(text), self.now(), session)
+        if notice:
+            draft.notice = True
         self.bus.publish(draft)
         return draft
 
@@ -496,26 +788,35 @@ class Hub:
         """The canonical name of a room ``session`` may post to."""
         record = self.record(name)
         if record.key == DEFAULT_ROOM:
+            if session not in self.lobby:
+                raise not_in_room(record)  # an IRC session that left #lobby (section 7.1)
+            self.moderation.check_post(session, record)
             return DEFAULT_ROOM
         member = self.in_room(session, record.key)
         if not member and record.modes.get("no_external", True):
             raise not_in_room(record)
-        if record.modes.get("moderated"):
-            lower = (session.name or "").lower()
-            if lower not in record.ops and lower not in record.voiced:
-                raise ChatError(messages.MUTED, f"{record.name} is moderated: only its operators and voiced users may talk.")
+        self.moderation.check_post(session, record)
         return record.name
 
-    def _recipient(self, to: str) -> str:
-        """The canonical name of a DM's recipient (``no_such_user``)."""
+    def _recipient(self, to: str, sender: str) -> tuple[str, bool]:
+        """The canonical name of a DM's recipient, and whether it is an
+        account with no session (``no_such_user``, section 6.3)."""
         if not is_valid_name(to):
             raise ChatError(messages.NO_SUCH_USER, f"No such user: {to[:40]!r} is not a valid name.")
-        holder = self._sessions.get(to.lower())
-        if holder is not None and getattr(holder, "version", 1) >= 2:
-            return str(holder.name)
-        if holder is None and self.bus.remote:
-            return str(to)  # perhaps on another node: the bus finds out
+        holders = self.sessions_of(to)
+        if any(getattr(holder, "version", 1) >= 2 for holder in holders):
+            return str(holders[0].name), False
+        if not holders and self._is_account(to.lower()) and self._is_account(sender.lower()):
+            # Kept for the account, delivered at its next login.
+            return self.account_name(to), True
+        if not holders and self.bus.remote:
+            return str(to), False  # perhaps on another node: the bus finds out
         raise ChatError(messages.NO_SUCH_USER, f"No such user: {to} is not online.")
+
+    def account_name(self, name: str) -> str:
+        """An account's name as registered (``name`` if it is none)."""
+        record = self.memberships.load_account(name.lower()) if self.memberships is not None else None
+        return str(record.name) if record is not None else name
 
     def checked_text(self, text: str) -> str:
         """The message text cleaned, or ``empty_message``/``message_too_long``."""
@@ -559,16 +860,65 @@ class Hub:
     def _deliver_dm(self, delivery: Delivery) -> None:
         """A conversation's batch: to the v2 sessions of both names here."""
         delivered = 0
+        marks = []
         for lower in dm_parties(delivery.room):
-            session = self._sessions.get(lower)
-            if session is None or getattr(session, "version", 1) < 2:
-                continue
-            try:
-                session.deliver(delivery)
-            except Exception:
-                self.log.failure("delivering a direct message to {user} failed", user=session.name)
-            delivered += len(delivery.messages)
+            reached = False
+            for session in self.sessions_of(lower):
+                if getattr(session, "version", 1) < 2:
+                    continue
+                try:
+                    session.deliver(delivery)
+                    reached = True
+                except Exception:
+                    self.log.failure("delivering a direct message to {user} failed", user=session.name)
+                delivered += len(delivery.messages)
+            if reached and self._is_account(lower):
+                marks.append((lower, delivery.room, delivery.messages[-1].id))
+        if marks and self.memberships is not None:
+            self.mark_delivered(marks)
         self.metrics.deliveries.inc(delivered)
+
+    def mark_delivered(self, marks: list[tuple[str, str, int]]) -> None:
+        """Accounts' DMs reached a session of theirs: not delivered again
+        at a later login (a store that fails is logged: they would come
+        again, never get lost)."""
+        try:
+            self.memberships.mark_delivered_many(marks)
+        except Exception:
+            self.log.failure("keeping DM delivery marks failed")
+
+    def undelivered(self, name: str) -> list[tuple[str, list[StoredMessage], bool]]:
+        """An account's DMs kept and not yet given to any session of it:
+        per conversation (the other name), the oldest 100, and whether more
+        wait.  They count as delivered now."""
+        lower = name.lower()
+        if self.memberships is None or not self._is_account(lower):
+            return []
+        found = []
+        marks = []
+        for conversation, kept, more in self.memberships.undelivered(lower):
+            if not kept:
+                continue
+            first = kept[0]
+            other = first.to if first.sender.lower() == lower and first.to is not None else first.sender
+            if other.lower() == lower and len(dm_parties(conversation)) > 1:
+                other = next(party for party in dm_parties(conversation) if party != lower)
+            found.append((other, kept, more))
+            marks.append((lower, conversation, kept[-1].id))
+        if marks:
+            self.mark_delivered(marks)
+        return found
+
+    def dm_page(self, session: ISession, with_name: Any, before: int | None, after: int | None, limit: int) -> tuple[list[StoredMessage], bool]:
+        """A page of the DMs kept for ``session``'s account with ``with_name``
+        (``forbidden`` for a guest, ``no_such_user`` for a bad name)."""
+        name = str(session.name)
+        if self.memberships is None or not self._is_account(name.lower()):
+            raise ChatError(messages.FORBIDDEN, "Only accounts have stored direct messages; guests' are live only.")
+        if not is_valid_name(with_name):
+            raise ChatError(messages.NO_SUCH_USER, f"No such user: {str(with_name)[:40]!r} is not a valid name.")
+        found: tuple[list[StoredMessage], bool] = self.memberships.dm_page(name.lower(), dm_key(name, with_name), before, after, limit)
+        return found
 
     def receive_presence(self, user: str, status: str, room: str) -> None:
         """Another node's user came or went."""
@@ -577,10 +927,71 @@ class Hub:
             target.announce(user, status)
 
     def receive_event(self, room: str, kind: str, content: dict[str, object]) -> None:
-        """A room event (here or from another node): to this node's members."""
+        """A room event (here or from another node): to this node's members.
+
+        ``kick`` (a kick or ban, section 6.5): the target's sessions here
+        are told and leave the room (``#lobby``: they close), then the
+        remaining members get ``presence`` ``offline`` with the reason.
+        """
+        if kind == "kick":
+            self._removed(room, content)
+            return
         target = self.rooms.get(room.lower())
         if target is not None:
             target.notify(kind, content)
+
+    def room_event(self, room: str, kind: str, content: dict[str, object]) -> None:
+        """A room event caused here: this node's members, then the others'."""
+        self.receive_event(room, kind, content)
+        self.bus.announce_event(room, kind, content)
+
+    def modes_of(self, record: RoomRecord) -> dict[str, bool]:
+        """The room's modes as the protocol shows them."""
+        return record_modes(record, record.key)
+
+    def _removed(self, room: str, event: dict[str, object]) -> None:
+        key = room.lower()
+        target = str(event.get("user", ""))
+        reason, by, comment = event.get("reason"), event.get("by"), event.get("comment") or ""
+        verb = "kicked from" if reason == "kicked" else "banned from"
+        text = f"You were {verb} {room} by {by}" + (f": {comment}" if comment else "")
+        sessions = self.sessions_of(target)
+        for session in sessions:
+            session.notify("info", {"text": text, "room": room, "by": by, "comment": comment})
+        if key == DEFAULT_ROOM:
+            for session in sessions:
+                self.lobby.remove(session)  # no second offline when it closes
+                close = getattr(session, "close_after_output", None)
+                if close is not None:
+                    close()
+            members = self.lobby
+        else:
+            for session in sessions:
+                self._joined.get(session, {}).pop(key, None)
+            members_room = self.rooms.get(key)
+            if members_room is not None:
+                for session in sessions:
+                    members_room.remove(session)
+            if sessions:
+                self._forget_membership(key, target)
+            members = members_room if members_room is not None else Room(room)
+        members.notify("presence", event)
+        if key != DEFAULT_ROOM:
+            self._unwatch_if_empty(key, room)
+
+    def _forget_membership(self, key: str, name: str, parted: bool = True) -> None:
+        """``name`` is no longer a listed member: the directory, a guest's
+        roles, and an account's kept rooms if it ``parted`` (or was
+        removed; not when its last session ended)."""
+        self.directory.leave(key, name)
+        lower = name.lower()
+        record = self.directory.get(key)
+        if self._is_account(lower):
+            if parted and self.memberships is not None:
+                self.memberships.remove_membership(lower, key)
+        elif record is not None and (lower in record.ops or lower in record.voiced):
+            d = self.directory.update(key, lambda current: current.with_op(lower, False).with_voice(lower, False))
+            d.addErrback(lambda failure: self.log.failure("dropping {user}'s roles in {room} failed", failure, user=name, room=key))
 
 
 def record_modes(record: RoomRecord, key: str) -> dict[str, bool]:

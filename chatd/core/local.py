@@ -244,10 +244,17 @@ class LocalBus:
     def publish(self, draft: Draft) -> None:
         """Give ``draft`` the next id of its room; commit with this turn's batch."""
         try:
-            # Guests' DMs are live only: their ids are kept, not their text
-            # (section 6.3; accounts' sides are stored once there are accounts).
+            # A DM's text is kept only for its sides that are accounts
+            # (section 6.3), apart from rooms' history; its id always.
             message = self.store.append(
-                draft.room, draft.sender, draft.text, draft.timestamp, to=draft.to, keep=not is_dm(draft.room)
+                draft.room,
+                draft.sender,
+                draft.text,
+                draft.timestamp,
+                to=draft.to,
+                keep=not is_dm(draft.room),
+                owners=draft.owners,
+                offline=draft.offline,
             )
         except HistoryError as problem:
             draft.settle(problem)
@@ -335,10 +342,19 @@ class LocalBus:
 
 
 def _by_room(batch: list[tuple[StoredMessage, Draft]]) -> list[Delivery]:
-    """One delivery per room, each in id order (the order of the batch)."""
-    rooms: dict[str, tuple[list[StoredMessage], list[Draft | None]]] = {}
+    """The batch as deliveries of one room each, in the batch's order:
+    each run of messages to the same room is one delivery, so a sender
+    sees its echoes in the order it sent them (a burst to one room is
+    still one delivery)."""
+    deliveries: list[Delivery] = []
+    stored: list[StoredMessage] = []
+    drafts: list[Draft | None] = []
     for message, draft in batch:
-        stored, drafts = rooms.setdefault(message.room, ([], []))
+        if stored and message.room != stored[0].room:
+            deliveries.append(Delivery(stored[0].room, stored, drafts))
+            stored, drafts = [], []
         stored.append(message)
         drafts.append(draft)
-    return [Delivery(room, stored, drafts) for room, (stored, drafts) in rooms.items()]
+    if stored:
+        deliveries.append(Delivery(stored[0].room, stored, drafts))
+    return deliveries

@@ -68,6 +68,9 @@ class Draft:
     timestamp: str
     origin: Any = None  # the ISession that posted it
     to: str | None = None  # a direct message's recipient
+    owners: tuple[str, ...] = ()  # a DM's sides that are accounts: kept for them
+    offline: bool = False  # a DM to an account with no session
+    notice: bool = False  # an IRC NOTICE (PROTOCOL.md section 7.1)
     awaited: bool = False  # the origin waits for it (set by the session)
     settled: bool = False
     result: Any = field(default=None, repr=False)  # the StoredMessage, or a Failure
@@ -184,9 +187,11 @@ class Room:
         return len(delivery.messages) * len(recipients)
 
     def announce(self, user: str, status: str, subject: object = None) -> None:
-        """Tell every member but ``subject`` that ``user`` came or went."""
+        """Tell every member but ``subject`` (and the other sessions of
+        ``user``'s name) that ``user`` came or went."""
+        lower = user.lower()
         for session in list(self._members.values()):
-            if session is not subject:
+            if session is not subject and (session.name or "").lower() != lower:
                 session.presence(user, status, self.name)
 
     def notify(self, kind: str, content: dict[str, Any]) -> None:

@@ -483,7 +483,7 @@ class Session(Generic[RequestT]):
 
     # -- messages --------------------------------------------------------
 
-    def post(self, text: str, room: str | None = None, to: str | None = None) -> Draft | None:
+    def post(self, text: str, room: str | None = None, to: str | None = None, notice: bool = False) -> Draft | None:
         """Post ``text`` within the message rate: the draft, or None if the
         session is closed for flooding.  Raises ``ChatError``
         (``rate_limited``, or the core's refusal of the text).
@@ -499,7 +499,10 @@ class Session(Generic[RequestT]):
                 self.close_after_output()
                 return None
             raise ChatError(messages.RATE_LIMITED, "Slow down: you are sending messages too fast.")
-        draft = self.hub.post(self, text, room=room, to=to)
+        if notice:
+            draft = self.hub.post(self, text, room=room, to=to, notice=True)  # an IRC NOTICE
+        else:
+            draft = self.hub.post(self, text, room=room, to=to)
         self.rate.take()
         return draft
 

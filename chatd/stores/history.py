@@ -64,6 +64,9 @@ class StoredMessage:
     text: str
     timestamp: str
     to: str | None = None  # a direct message's recipient, as the sender's server spelled it
+    # Not stored: the DM went to an account with no session (its sender's
+    # echo says so, section 6.3).
+    offline: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,27 +115,47 @@ class HistoryStore:
         # Pending messages that take an id but are not kept (DMs between
         # guests): their ids are written, their text is not.
         self._unkept: set[int] = set()
+        # Pending DMs kept for accounts: the owners of each (by identity).
+        self._dm_owners: dict[int, tuple[str, ...]] = {}
         # Why the last commit failed; None once a write succeeds again.
         self._write_failure: str | None = None
 
     # -- writing ---------------------------------------------------------
 
     def append(
-        self, room: str, sender: str, text: str, timestamp: str, to: str | None = None, keep: bool = True
+        self,
+        room: str,
+        sender: str,
+        text: str,
+        timestamp: str,
+        to: str | None = None,
+        keep: bool = True,
+        owners: tuple[str, ...] = (),
+        offline: bool = False,
     ) -> StoredMessage:
         """Give a message the next id of ``room``; pending until :meth:`commit`.
 
         ``keep`` false: only the id is stored (the room's last id moves
-        on at the commit, so it is never reused), not the message.
+        on at the commit, so it is never reused), not the message.  A DM
+        is kept for its ``owners`` (its sides that are accounts) in the
+        same commit.
         """
         if room not in self._last_ids:
             self._last_ids[room] = self._committed_ids[room] = self._load_last_id(room)
-        message = StoredMessage(self._last_ids[room] + 1, room, sender, text, timestamp, to)
+        message = StoredMessage(self._last_ids[room] + 1, room, sender, text, timestamp, to, offline)
         self._last_ids[room] = message.id
         self._pending.append(message)
         if not keep:
             self._unkept.add(id(message))
+        if owners:
+            self._dm_owners[id(message)] = owners
         return message
+
+    def _owned_dms(self, batch: list[StoredMessage]) -> list[tuple[str, StoredMessage]]:
+        """The DMs of ``batch`` to keep, with each owner."""
+        if not self._dm_owners:
+            return []
+        return [(owner.lower(), message) for message in batch for owner in self._dm_owners.get(id(message), ())]
 
     def _kept(self, batch: list[StoredMessage]) -> list[StoredMessage]:
         """The messages of ``batch`` whose text is stored."""
@@ -172,6 +195,7 @@ class HistoryStore:
         finally:
             if not self._pending:
                 self._unkept.clear()
+                self._dm_owners.clear()
         self._write_failure = None
         for message in batch:
             self._committed_ids[message.room] = message.id
@@ -474,6 +498,9 @@ class MemoryHistory(HistoryStore):
             self._rooms.setdefault(message.room, []).append(message)
         for message in batch:
             self._written_ids[message.room] = message.id
+        owned = self._owned_dms(batch)
+        if owned:
+            self.store_dms(owned)
 
     def _newest(self, room: str, limit: int | None) -> list[StoredMessage]:
         stored = self._rooms.get(room, [])
@@ -1105,12 +1132,15 @@ class SQLiteHistory(HistoryStore):
         for message in batch:
             last_ids[message.room] = message.id
         kept = self._kept(batch)
+        owned = self._owned_dms(batch)
 
         def work(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT INTO messages (room, id, sender, text, timestamp) VALUES (?, ?, ?, ?, ?)",
                 [(m.room, m.id, m.sender, m.text, m.timestamp) for m in kept],
             )
+            if owned:
+                self._insert_dms(db, owned)
             db.executemany(
                 "INSERT INTO rooms (room, last_id) VALUES (?, ?)"
                 " ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",

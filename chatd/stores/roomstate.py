@@ -56,6 +56,12 @@ class RoomRecord:
         names = tuple(name for name in self.voiced if name != lower)
         return replace(self, voiced=names + (lower,) if voiced else names)
 
+    def with_modes(self, changes: dict[str, bool]) -> RoomRecord:
+        """The record with the modes in ``changes`` set (unknown ones ignored)."""
+        modes = dict(self.modes)
+        modes.update({flag: value for flag, value in changes.items() if flag in DEFAULT_MODES})
+        return replace(self, modes=modes)
+
     def with_topic(self, topic: str, by: str | None, at: str | None) -> RoomRecord:
         """The record with a new topic (``""``, None, None: cleared)."""
         return replace(self, topic=topic, topic_by=by, topic_set_at=at)

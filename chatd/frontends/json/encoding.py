@@ -23,6 +23,8 @@ def message_response(message: StoredMessage, **extra: Any) -> dict[str, Any]:
     bytes serve v1 and v2); another room's carries ``room``, a DM ``to``.
     """
     if message.to is not None:
+        if message.offline:
+            extra = {"offline": True, **extra}
         return messages.response(
             "message", message.text, message.timestamp, sender=message.sender, id=message.id, to=message.to, **extra
         )

@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Callable, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import __version__, messages
+from chatd.accounts.cred import account_required_text, no_password_text
+from chatd.accounts.service import LoggedIn
+from chatd.caps import host_of
 from chatd.core.hub import DEFAULT_ROOM, MAX_TOPIC, Joined, record_modes
+from chatd.core.moderation import Done
 from chatd.core.rooms import ROOM_NAME_LENGTH, Delivery, Draft
 from chatd.core.session import DEFAULT_BUFFER_SIZE, OutputFraming, Session, Wire
 from chatd.frontends.json.encoding import delivery_lines, delivery_payloads, encode_message, message_response
@@ -31,6 +35,10 @@ from chatd.frontends.json.framing import CLASSIC, LINES, ClassicOutput, Decoded,
 from chatd.frontends.json.requests import (
     PARSERS,
     HistoryRequest,
+    LoginRequest,
+    ModerationRequest,
+    PasswordRequest,
+    RegisterRequest,
     MsgRequest,
     NamesRequest,
     PlainRequest,
@@ -49,7 +57,7 @@ if TYPE_CHECKING:
 CLASSIC_READ_SIZE = 4096
 
 #: Requests a connection may make before it logs in.
-PRE_LOGIN = frozenset({"login", "help", "hello", "ping"})
+PRE_LOGIN = frozenset({"login", "help", "hello", "ping", "register"})
 
 #: The content type a request must carry, where it is not ignored and
 #: the request has no parser of its own (``requests.PARSERS``); a wrong
@@ -61,6 +69,8 @@ CONTENT_TYPES: dict[str, tuple[type, ...]] = {
 
 #: What ``hello`` announces (PROTOCOL.md sections 5 and 6.7).
 FEATURES = ["ping", "history", "ref", "presence", "rooms", "dm", "topic"]
+#: Added to ``FEATURES`` unless ``--accounts off``.
+ACCOUNT_FEATURES = ["accounts"]
 PROTOCOL_VERSION = 2
 
 #: The answer to a v2-only request from a connection without hello (section 6.1).
@@ -110,6 +120,7 @@ class ChatProtocol(Session[Decoded], Protocol):
     transport_kind = "tcp"  # for metrics: tcp or websocket
     peer_host: str | None = None  # counted against the caps while set
     framing_fixed = False  # the wire frames responses itself (WebSocket): hello changes nothing
+    account = False  # logged in as an account (with its password)
     _ref: Any = None  # the ref of the request being handled
 
     def connectionMade(self) -> None:
@@ -269,21 +280,128 @@ class ChatProtocol(Session[Decoded], Protocol):
 
     # -- requests --------------------------------------------------------
 
-    def request_login(self, content: Any) -> Deferred[None]:
-        """``login``: take a username, then send the room's recent history."""
+    def request_login(self, request: LoginRequest) -> Deferred[Any]:
+        """``login``: take a username (a guest's, or an account's with its
+        password), then send the room's recent history."""
         if self.name is not None:
             raise ChatError(messages.ALREADY_LOGGED_IN, f"You are already logged in as {self.name}.")
-        return self.factory.hub.login(self, content).addCallback(self._logged_in)
+        accounts = self.factory.accounts
+        hub = self.factory.hub
+        if accounts is None:
+            # --accounts off: a password is ignored (section 6.4).
+            return hub.login(self, request.name).addCallback(self._logged_in)
+        if request.password is None:
+            hub.check_name(request.name)
+            if self.factory.config.accounts == "required":
+                raise ChatError(messages.AUTH_FAILED, account_required_text())
+            d = maybeDeferred(accounts.store.load_account, request.name)
+            return d.addCallback(self._guest_login, request.name)
+        logged = accounts.login(request.name, request.password, host_of(self.peer_address))
+        return logged.addCallback(self._account_login)
+
+    def _guest_login(self, account: object, name: str) -> Deferred[None]:
+        """A login without a password: a guest, unless the name is an account's."""
+        if account is not None:
+            raise ChatError(messages.AUTH_FAILED, no_password_text(name))
+        return self.factory.hub.login(self, name).addCallback(self._logged_in)
+
+    def _account_login(self, logged: LoggedIn) -> Deferred[None]:
+        """The password was right: the session logs in under the account's name."""
+        self.account = True
+        d = self.factory.hub.login(self, logged.name, account=True)
+        return d.addCallbacks(self._logged_in, self._account_refused)
+
+    def _account_refused(self, failure: Failure) -> Failure:
+        self.account = False
+        return failure
+
+    def request_register(self, request: RegisterRequest) -> Deferred[None]:
+        """``register`` (any connection, before login too): create an account; it does not log in."""
+        accounts = self.factory.accounts
+        operator = self.account and (self.name or "").lower() in self.factory.operators
+        if accounts is None:
+            raise ChatError(messages.FORBIDDEN, "This server has no accounts.")
+        if self.factory.config.registration == "closed" and not operator:
+            raise ChatError(messages.FORBIDDEN, "Registration is closed on this server.")
+        hub = self.factory.hub
+        d = accounts.register(
+            request.username,
+            request.password,
+            host_of(self.peer_address),
+            taken=lambda name: hub.session_named(name) is not None,
+            exempt=operator,
+        )
+        return d.addCallback(lambda record: self.send_info(f"Account {record.name} registered"))
+
+    def _moderate(self, request: ModerationRequest) -> Deferred[None]:
+        """A section 6.5 request (``kick``, ``ban``, ``mode``, ...): the
+        churn bucket, then the hub's checks; the actor's ``info`` is sent
+        before the events it causes."""
+        self.churn_check()
+        d = self.factory.hub.moderation.request(self, request.kind, request.fields)
+        return d.addCallback(self._moderated)
+
+    def _moderated(self, done: Done) -> None:
+        self.churn_taken()
+        self.send_info(done.text, **done.extra)
+        done.apply()
+
+    request_kick = request_ban = request_unban = request_mute = request_unmute = _moderate
+    request_op = request_deop = request_voice = request_devoice = request_mode = request_invite = _moderate
+
+    def request_password(self, request: PasswordRequest) -> Deferred[None]:
+        """``password`` (v2): change the account's password."""
+        accounts = self.factory.accounts
+        if accounts is None or not self.account or self.name is None:
+            raise ChatError(messages.FORBIDDEN, "Only accounts have passwords: guests have none to change.")
+        d = accounts.change_password(self.name, request.old, request.new)
+        return d.addCallback(lambda _: self.send_info("Password changed"))
 
     def _logged_in(self, name: str) -> Deferred[None] | None:
         if not self.logged_in(name):
             return None
         self.send_info(f"Login successful. You are now logged in as {self.name}")
-        return self._send_login_history()
+        d = self._send_login_history()
+        if self.account and self.version >= PROTOCOL_VERSION:
+            d.addCallback(lambda _: self._send_account_rooms())
+        return d
+
+    def _send_account_rooms(self) -> Deferred[None]:
+        """An account's v2 session: the info and history of each room the
+        account is in, in the order joined (section 6.4)."""
+        hub = self.factory.hub
+        d: Deferred[Any] = Deferred()
+        for key in hub.account_rooms(str(self.name)):
+            d.addCallback(self._rejoin, key)
+            d.addCallback(self._send_joined)
+            d.addErrback(self._account_room_failed, key)
+        d.addCallback(lambda _: self._send_undelivered())
+        d.callback(None)
+        return d
+
+    def _send_undelivered(self) -> None:
+        """DMs kept for the account while it had no session: one history
+        per conversation (section 6.3)."""
+        hub = self.factory.hub
+        for other, found, more in hub.undelivered(str(self.name)):
+            content = [message_response(message) for message in found]
+            self.send_response(messages.response("history", content, hub.now(), more=more, **{"with": other}))
+
+    def _rejoin(self, _: object, key: str) -> Deferred[Joined]:
+        return self.factory.hub.join(self, key, rejoin=True)
+
+    def _account_room_failed(self, failure: Failure, key: str) -> None:
+        """A kept room that cannot be entered now (banned meanwhile, say)."""
+        if failure.check(ChatError):
+            error = cast(ChatError, failure.value)
+            self.send_error(error.code, error.text)
+            return
+        self.log.failure("rejoining {room} for {user} failed", failure, room=key, user=self.name)
 
     def request_logout(self, content: Any) -> None:
         """``logout``: leave the registry and return to the logged-out state."""
         self.logged_out()
+        self.account = False
         self.send_info("Logout successful")
 
     def request_msg(self, request: MsgRequest) -> None:
@@ -344,6 +462,10 @@ class ChatProtocol(Session[Decoded], Protocol):
 
     def _joined_room(self, joined: Joined) -> None:
         self.churn_taken()
+        self._send_joined(joined)
+
+    def _send_joined(self, joined: Joined) -> None:
+        """A join's answer: the room's ``info``, then its ``history``."""
         record = joined.record
         ops = set(record.ops)
         voiced = set(record.voiced)
@@ -433,7 +555,8 @@ class ChatProtocol(Session[Decoded], Protocol):
             "topic": MAX_TOPIC,
             "rooms_per_user": self.factory.hub.max_rooms_per_user,
         }
-        content = {"protocol": PROTOCOL_VERSION, "server": f"chatd/{__version__}", "features": FEATURES, "limits": limits}
+        features = FEATURES + (ACCOUNT_FEATURES if self.factory.accounts is not None else [])
+        content = {"protocol": PROTOCOL_VERSION, "server": f"chatd/{__version__}", "features": features, "limits": limits}
         self.send_response(messages.response("hello", content, self.factory.hub.now()))
 
     def request_ping(self, content: Any) -> None:
@@ -445,7 +568,11 @@ class ChatProtocol(Session[Decoded], Protocol):
         hub = self.factory.hub
         if request.with_name is not None:
             # Stored DMs are an account's (section 6.3): a guest has none.
-            raise ChatError(messages.FORBIDDEN, "Only accounts have stored direct messages; guests' are live only.")
+            limit = DEFAULT_PAGE if request.limit is None else request.limit
+            found, more = hub.dm_page(self, request.with_name, request.before, request.after, limit)
+            content = [message_response(message) for message in found]
+            self.send_response(messages.response("history", content, hub.now(), more=more, **{"with": request.with_name}))
+            return None
         room, label = DEFAULT_ROOM, None
         if request.room is not None:
             record = hub.record(request.room)
@@ -521,7 +648,22 @@ class ChatProtocol(Session[Decoded], Protocol):
         self.write_event("presence", {"user": user, "status": status, "room": room})
 
     def write_event(self, kind: str, content: dict[str, Any]) -> None:
-        """v2 only: an unsolicited response (``presence``, ``topic``, ...)."""
+        """v2 only: an unsolicited response (``presence``, ``topic``, ...);
+        ``info`` (a moderator's action on us: content ``text`` and its
+        keys) goes to every version."""
+        if kind in ("info", "joined", "parted"):
+            saved, self._ref = self._ref, None
+            try:
+                if kind == "joined":  # another session of our name joined
+                    self._send_joined(cast(Joined, content["joined"]))
+                elif kind == "parted":
+                    self.send_info(f"Left {content['room']}", room=content["room"])
+                else:
+                    extra = {key: value for key, value in content.items() if key != "text"}
+                    self.send_info(str(content.get("text", "")), **extra)
+            finally:
+                self._ref = saved
+            return
         if self.version < PROTOCOL_VERSION:
             return
         saved, self._ref = self._ref, None  # unsolicited: no ref

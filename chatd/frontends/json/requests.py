@@ -184,6 +184,121 @@ def parse_rooms(request: dict[str, Any]) -> PlainRequest:
     return PlainRequest()
 
 
+@dataclass(frozen=True)
+class LoginRequest:
+    """``login``: a name (checked by the hub) and, for an account, a password."""
+
+    name: Any
+    password: str | None = None
+
+
+def parse_login(request: dict[str, Any]) -> LoginRequest:
+    """``{"request": "login", "content": name, "password"?: text}``."""
+    return LoginRequest(request.get("content"), _optional_string(request, "password"))
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    """``register``: a new account's name and password."""
+
+    username: str
+    password: str
+
+
+def parse_register(request: dict[str, Any]) -> RegisterRequest:
+    """``{"username": name, "password": text}``."""
+    content = request.get("content")
+    if not isinstance(content, dict):
+        raise bad_request("the content of 'register' must be an object with 'username' and 'password'.")
+    username, password = content.get("username"), content.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise bad_request("'username' and 'password' must be strings.")
+    return RegisterRequest(username, password)
+
+
+@dataclass(frozen=True)
+class PasswordRequest:
+    """``password``: change the account's password."""
+
+    old: str
+    new: str
+    needs_v2 = True
+
+
+def parse_password(request: dict[str, Any]) -> PasswordRequest:
+    """``{"old": text, "new": text}``."""
+    content = request.get("content")
+    if not isinstance(content, dict):
+        raise bad_request("the content of 'password' must be an object with 'old' and 'new'.")
+    old, new = content.get("old"), content.get("new")
+    if not isinstance(old, str) or not isinstance(new, str):
+        raise bad_request("'old' and 'new' must be strings.")
+    return PasswordRequest(old, new)
+
+
+#: The moderation requests of section 6.5, and the fields each takes
+#: besides ``room``.
+MODERATION: dict[str, tuple[str, ...]] = {
+    "kick": ("user", "comment"),
+    "ban": ("user", "comment", "duration"),
+    "unban": ("user",),
+    "mute": ("user", "duration"),
+    "unmute": ("user",),
+    "op": ("user",),
+    "deop": ("user",),
+    "voice": ("user",),
+    "devoice": ("user",),
+    "mode": (),
+    "invite": ("user",),
+}
+
+#: The flags ``mode`` may set.
+MODE_FLAGS = ("invite_only", "topic_ops", "moderated", "secret", "no_external")
+
+
+@dataclass(frozen=True)
+class ModerationRequest:
+    """A section 6.5 request: its type and its checked fields."""
+
+    kind: str
+    fields: dict[str, Any]
+    needs_v2 = True
+
+
+def parse_moderation(request: dict[str, Any]) -> ModerationRequest:
+    """``{"room", "user"?, "comment"?, "duration"?, <mode flags>?}``: every
+    field the request takes present with its type (``bad_request``)."""
+    kind = str(request.get("request"))
+    content = request.get("content")
+    if not isinstance(content, dict):
+        raise bad_request(f"the content of '{kind}' must be an object with 'room'.")
+    fields: dict[str, Any] = {}
+    if not isinstance(content.get("room"), str):
+        raise bad_request("'room' must be a string.")
+    fields["room"] = content["room"]
+    takes = MODERATION[kind]
+    if "user" in takes:
+        if not isinstance(content.get("user"), str):
+            raise bad_request("'user' must be a string.")
+        fields["user"] = content["user"]
+    if "comment" in takes and content.get("comment") is not None:
+        if not isinstance(content["comment"], str):
+            raise bad_request("'comment' must be a string.")
+        fields["comment"] = content["comment"]
+    if "duration" in takes and content.get("duration") is not None:
+        duration = content["duration"]
+        if not isinstance(duration, int) or isinstance(duration, bool) or not 1 <= duration <= MAX_ID:
+            raise bad_request("'duration' must be a whole number of seconds, 1 or more.")
+        fields["duration"] = duration
+    if kind == "mode":
+        for flag in MODE_FLAGS:
+            if flag in content:
+                if not isinstance(content[flag], bool):
+                    raise bad_request(f"'{flag}' must be true or false.")
+                fields[flag] = content[flag]
+    return ModerationRequest(kind, fields)
+
+
 #: The parser of each request type that has one; the others are checked
 #: by content type alone (``CONTENT_TYPES`` in the protocol).
 PARSERS = {
@@ -194,4 +309,8 @@ PARSERS = {
     "topic": parse_topic,
     "history": parse_history,
     "rooms": parse_rooms,
+    "login": parse_login,
+    "register": parse_register,
+    "password": parse_password,
+    **{kind: parse_moderation for kind in MODERATION},
 }

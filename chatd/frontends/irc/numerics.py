@@ -1,0 +1,111 @@
+"""The numerics chatd's IRC front-end sends.
+
+Twisted names the RFC 1459/2812 ones (``twisted.words.protocols.irc``);
+the later ones (IRCv3 SASL, modern.ircdocs.horse) are named here.  The
+mapping from the core's error codes (PROTOCOL.md section 7.3) is
+:data:`ERROR_NUMERICS`.
+"""
+
+from __future__ import annotations
+
+from twisted.words.protocols import irc as _twisted
+
+from chatd import messages
+
+# RFC 1459/2812 numerics, as Twisted names them.
+ERR_ALREADYREGISTRED: str = _twisted.ERR_ALREADYREGISTRED
+ERR_BANNEDFROMCHAN: str = _twisted.ERR_BANNEDFROMCHAN
+ERR_CANNOTSENDTOCHAN: str = _twisted.ERR_CANNOTSENDTOCHAN
+ERR_CHANOPRIVSNEEDED: str = _twisted.ERR_CHANOPRIVSNEEDED
+ERR_ERRONEUSNICKNAME: str = _twisted.ERR_ERRONEUSNICKNAME
+ERR_INVITEONLYCHAN: str = _twisted.ERR_INVITEONLYCHAN
+ERR_NEEDMOREPARAMS: str = _twisted.ERR_NEEDMOREPARAMS
+ERR_NICKNAMEINUSE: str = _twisted.ERR_NICKNAMEINUSE
+ERR_NOMOTD: str = _twisted.ERR_NOMOTD
+ERR_NONICKNAMEGIVEN: str = _twisted.ERR_NONICKNAMEGIVEN
+ERR_NOOPERHOST: str = _twisted.ERR_NOOPERHOST
+ERR_NOORIGIN: str = _twisted.ERR_NOORIGIN
+ERR_NORECIPIENT: str = _twisted.ERR_NORECIPIENT
+ERR_NOSUCHCHANNEL: str = _twisted.ERR_NOSUCHCHANNEL
+ERR_NOSUCHNICK: str = _twisted.ERR_NOSUCHNICK
+ERR_NOTEXTTOSEND: str = _twisted.ERR_NOTEXTTOSEND
+ERR_NOTONCHANNEL: str = _twisted.ERR_NOTONCHANNEL
+ERR_NOTREGISTERED: str = _twisted.ERR_NOTREGISTERED
+ERR_PASSWDMISMATCH: str = _twisted.ERR_PASSWDMISMATCH
+ERR_TOOMANYCHANNELS: str = _twisted.ERR_TOOMANYCHANNELS
+ERR_TOOMANYTARGETS: str = _twisted.ERR_TOOMANYTARGETS
+ERR_UMODEUNKNOWNFLAG: str = _twisted.ERR_UMODEUNKNOWNFLAG
+ERR_UNKNOWNCOMMAND: str = _twisted.ERR_UNKNOWNCOMMAND
+ERR_UNKNOWNMODE: str = _twisted.ERR_UNKNOWNMODE
+ERR_USERNOTINCHANNEL: str = _twisted.ERR_USERNOTINCHANNEL
+ERR_USERONCHANNEL: str = _twisted.ERR_USERONCHANNEL
+ERR_USERSDONTMATCH: str = _twisted.ERR_USERSDONTMATCH
+ERR_YOUREBANNEDCREEP: str = _twisted.ERR_YOUREBANNEDCREEP
+RPL_AWAY: str = _twisted.RPL_AWAY
+RPL_BANLIST: str = _twisted.RPL_BANLIST
+RPL_CHANNELMODEIS: str = _twisted.RPL_CHANNELMODEIS
+RPL_CREATED: str = _twisted.RPL_CREATED
+RPL_ENDOFBANLIST: str = _twisted.RPL_ENDOFBANLIST
+RPL_ENDOFMOTD: str = _twisted.RPL_ENDOFMOTD
+RPL_ENDOFNAMES: str = _twisted.RPL_ENDOFNAMES
+RPL_ENDOFWHO: str = _twisted.RPL_ENDOFWHO
+RPL_ENDOFWHOIS: str = _twisted.RPL_ENDOFWHOIS
+RPL_INVITING: str = _twisted.RPL_INVITING
+RPL_ISUPPORT: str = _twisted.RPL_ISUPPORT
+RPL_LIST: str = _twisted.RPL_LIST
+RPL_LISTEND: str = _twisted.RPL_LISTEND
+RPL_LUSERCHANNELS: str = _twisted.RPL_LUSERCHANNELS
+RPL_LUSERCLIENT: str = _twisted.RPL_LUSERCLIENT
+RPL_LUSERME: str = _twisted.RPL_LUSERME
+RPL_LUSEROP: str = _twisted.RPL_LUSEROP
+RPL_MOTD: str = _twisted.RPL_MOTD
+RPL_MOTDSTART: str = _twisted.RPL_MOTDSTART
+RPL_MYINFO: str = _twisted.RPL_MYINFO
+RPL_NAMREPLY: str = _twisted.RPL_NAMREPLY
+RPL_NOTOPIC: str = _twisted.RPL_NOTOPIC
+RPL_NOWAWAY: str = _twisted.RPL_NOWAWAY
+RPL_TOPIC: str = _twisted.RPL_TOPIC
+RPL_UMODEIS: str = _twisted.RPL_UMODEIS
+RPL_UNAWAY: str = _twisted.RPL_UNAWAY
+RPL_USERHOST: str = _twisted.RPL_USERHOST
+RPL_WELCOME: str = _twisted.RPL_WELCOME
+RPL_WHOISCHANNELS: str = _twisted.RPL_WHOISCHANNELS
+RPL_WHOISOPERATOR: str = _twisted.RPL_WHOISOPERATOR
+RPL_WHOISSERVER: str = _twisted.RPL_WHOISSERVER
+RPL_WHOISUSER: str = _twisted.RPL_WHOISUSER
+RPL_WHOREPLY: str = _twisted.RPL_WHOREPLY
+RPL_YOUREOPER: str = _twisted.RPL_YOUREOPER
+RPL_YOURHOST: str = _twisted.RPL_YOURHOST
+
+# Later ones (IRCv3, modern.ircdocs.horse).
+RPL_CREATIONTIME = "329"
+RPL_WHOISACCOUNT = "330"
+RPL_TOPICWHOTIME = "333"
+ERR_INVALIDCAPCMD = "410"
+ERR_INPUTTOOLONG = "417"
+ERR_CANTCHANGENICK = "447"
+ERR_INVALIDMODEPARAM = "696"
+RPL_LOGGEDIN = "900"
+RPL_SASLSUCCESS = "903"
+ERR_SASLFAIL = "904"
+ERR_SASLTOOLONG = "905"
+ERR_SASLABORTED = "906"
+ERR_SASLALREADY = "907"
+RPL_SASLMECHS = "908"
+
+#: The core's error codes as numerics (section 7.3).  ``rate_limited`` is
+#: a ``FAIL`` instead, and ``no_such_user`` may be 441 where the target is
+#: online but not in the room (the caller decides).
+ERROR_NUMERICS: dict[str, str] = {
+    messages.INVALID_ROOM: ERR_NOSUCHCHANNEL,
+    messages.NO_SUCH_ROOM: ERR_NOSUCHCHANNEL,
+    messages.NOT_IN_ROOM: ERR_NOTONCHANNEL,
+    messages.NOT_OP: ERR_CHANOPRIVSNEEDED,
+    messages.NO_SUCH_USER: ERR_NOSUCHNICK,
+    "banned": ERR_BANNEDFROMCHAN,
+    "invite_only": ERR_INVITEONLYCHAN,
+    messages.MUTED: ERR_CANNOTSENDTOCHAN,
+    messages.EMPTY_MESSAGE: ERR_NOTEXTTOSEND,
+    messages.NAME_TAKEN: ERR_NICKNAMEINUSE,
+    messages.INVALID_USERNAME: ERR_ERRONEUSNICKNAME,
+}

@@ -194,3 +194,26 @@ class ServerOperatorTests(ModerationTestCase):
         again.send("login", "bob")
         self.assertEqual(again.one()["code"], "banned")
         self.assertEqual(self.code(root, "op", room="#lobby", user="root"), "forbidden")
+
+
+class AccountBanWhileAwayTests(ModerationTestCase):
+    def test_a_ban_while_away_drops_the_room_at_login(self) -> None:
+        self.factory.accounts.register("dana", "dana password", "127.0.0.1")  # type: ignore[union-attr]
+        alice = self.v2("alice")
+        self.join(alice, "#dev")
+        dana = self.v2("dana", password="dana password")
+        self.join(dana, "#dev")
+        dana.disconnect()
+        self.act(alice, "ban", room="#dev", user="dana")
+        again = FakeClient(self.factory)
+        again.send("hello", {"protocol": 2})
+        again.received()
+        again.send("login", "dana", password="dana password")
+        answers = again.received()
+        self.assertEqual([(r["response"], r.get("code")) for r in answers][2:], [("error", "banned")])
+        again.disconnect()
+        third = FakeClient(self.factory)
+        third.send("hello", {"protocol": 2})
+        third.received()
+        third.send("login", "dana", password="dana password")
+        self.assertEqual([r["response"] for r in third.received()], ["info", "history"])

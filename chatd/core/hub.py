@@ -489,6 +489,11 @@ class Hub:
         """The canonical names of the rooms ``session`` joined, in order."""
         return [self.rooms[key].name for key in self._joined.get(session, {})]
 
+    def forget_room(self, name: str, key: str) -> None:
+        """An account is no longer in the room ``key`` (banned while away)."""
+        if self.memberships is not None and self._is_account(name.lower()):
+            self.memberships.remove_membership(name.lower(), key)
+
     def account_rooms(self, name: str) -> list[str]:
         """The keys of the rooms an account is in, in the order joined."""
         if self.memberships is None or not self._is_account(name.lower()):
@@ -516,7 +521,7 @@ class Hub:
                 return self.names(record.name).addCallback(lambda members: Joined(record, members, None))
             existing = self.directory.get(key)
             if existing is not None:
-                self.moderation.check_join(session, existing)
+                self.moderation.check_join(session, existing, member=rejoin)
             if len(self._joined.get(session, {})) >= self.max_rooms_per_user:
                 raise ChatError(
                     messages.FORBIDDEN,

@@ -109,12 +109,14 @@ class Moderation:
                 return ban
         return None
 
-    def check_join(self, session: ISession, record: RoomRecord) -> None:
-        """``banned``, then ``invite_only``, for a ``join`` of ``record``'s room."""
+    def check_join(self, session: ISession, record: RoomRecord, member: bool = False) -> None:
+        """``banned``, then ``invite_only``, for a ``join`` of ``record``'s
+        room (``member``: an account coming back to a room it is in, which
+        needs no invitation)."""
         name = session.name or ""
         if self.ban_of(record.key, name) is not None:
             raise ChatError(messages.BANNED, f"You are banned from {record.name}.")
-        if record.modes.get("invite_only") and not self.is_operator(name):
+        if record.modes.get("invite_only") and not member and not self.is_operator(name):
             if record.key not in self._invited.get(name.lower(), set()):
                 raise ChatError(messages.INVITE_ONLY, f"{record.name} is invite-only: an operator must invite you.")
 

@@ -394,6 +394,8 @@ class ChatProtocol(Session[Decoded], Protocol):
         """A kept room that cannot be entered now (banned meanwhile, say)."""
         if failure.check(ChatError):
             error = cast(ChatError, failure.value)
+            if error.code == messages.BANNED:
+                self.factory.hub.forget_room(str(self.name), key)  # banned while away: no longer its room
             self.send_error(error.code, error.text)
             return
         self.log.failure("rejoining {room} for {user} failed", failure, room=key, user=self.name)

@@ -68,7 +68,7 @@ CONTENT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 #: What ``hello`` announces (PROTOCOL.md sections 5 and 6.7).
-FEATURES = ["ping", "history", "ref", "presence", "rooms", "dm", "topic"]
+FEATURES = ["ping", "history", "ref", "presence", "rooms", "dm", "topic", "moderation", "multisession"]
 #: Added to ``FEATURES`` unless ``--accounts off``.
 ACCOUNT_FEATURES = ["accounts"]
 PROTOCOL_VERSION = 2
@@ -556,6 +556,7 @@ class ChatProtocol(Session[Decoded], Protocol):
             "room_name": ROOM_NAME_LENGTH,
             "topic": MAX_TOPIC,
             "rooms_per_user": self.factory.hub.max_rooms_per_user,
+            "max_sessions": self.factory.config.max_sessions,
         }
         features = FEATURES + (ACCOUNT_FEATURES if self.factory.accounts is not None else [])
         content = {"protocol": PROTOCOL_VERSION, "server": f"chatd/{__version__}", "features": features, "limits": limits}

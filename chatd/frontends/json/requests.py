@@ -33,6 +33,18 @@ def _optional_string(request: dict[str, Any], key: str, where: str = "") -> str 
     return value
 
 
+def _room_object(request: dict[str, Any], also: str = "") -> tuple[dict[str, Any], str]:
+    """A content that must be an object with a string ``room``: the
+    object and the room (``bad_request`` otherwise)."""
+    content = request.get("content")
+    if not isinstance(content, dict):
+        raise bad_request(f"the content of '{request.get('request')}' must be {also}an object with 'room'.")
+    room = content.get("room")
+    if not isinstance(room, str):
+        raise bad_request("'room' must be a string.")
+    return content, room
+
+
 def _is_lobby(room: str | None) -> bool:
     return room is None or room.lower() == LOBBY
 
@@ -74,14 +86,9 @@ class RoomRequest:
 
 def parse_room_request(request: dict[str, Any]) -> RoomRequest:
     """``"#dev"`` or ``{"room": "#dev", "comment"?: text}``."""
-    content = request.get("content")
-    if isinstance(content, str):
-        return RoomRequest(content)
-    if not isinstance(content, dict):
-        raise bad_request(f"the content of '{request.get('request')}' must be a room name or an object with 'room'.")
-    room = content.get("room")
-    if not isinstance(room, str):
-        raise bad_request("'room' must be a string.")
+    if isinstance(request.get("content"), str):
+        return RoomRequest(request["content"])
+    content, room = _room_object(request, also="a room name or ")
     comment = _optional_string(content, "comment")
     return RoomRequest(room, None if comment is None else comment[:MAX_COMMENT])
 
@@ -117,12 +124,7 @@ class TopicRequest:
 
 def parse_topic(request: dict[str, Any]) -> TopicRequest:
     """``{"room": name, "topic"?: text}``."""
-    content = request.get("content")
-    if not isinstance(content, dict):
-        raise bad_request("the content of 'topic' must be an object with 'room'.")
-    room = content.get("room")
-    if not isinstance(room, str):
-        raise bad_request("'room' must be a string.")
+    content, room = _room_object(request)
     return TopicRequest(room, _optional_string(content, "topic"))
 
 
@@ -269,13 +271,8 @@ def parse_moderation(request: dict[str, Any]) -> ModerationRequest:
     """``{"room", "user"?, "comment"?, "duration"?, <mode flags>?}``: every
     field the request takes present with its type (``bad_request``)."""
     kind = str(request.get("request"))
-    content = request.get("content")
-    if not isinstance(content, dict):
-        raise bad_request(f"the content of '{kind}' must be an object with 'room'.")
-    fields: dict[str, Any] = {}
-    if not isinstance(content.get("room"), str):
-        raise bad_request("'room' must be a string.")
-    fields["room"] = content["room"]
+    content, room = _room_object(request)
+    fields: dict[str, Any] = {"room": room}
     takes = MODERATION[kind]
     if "user" in takes:
         if not isinstance(content.get("user"), str):

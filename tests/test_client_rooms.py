@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.client import client as chatd_client
-from chatd.client.client import JOIN_REF, PART_REF, REJOIN_REF, RESUME_REF
+from chatd.client.client import JOIN_REF, LOGIN_REF, PART_REF, REJOIN_REF, RESUME_REF
 from chatd.client.parser import HELP, LOBBY
 
 from tests.e2e import DEADLINE, ServerProcess
@@ -268,7 +268,7 @@ class RoomResumeTests(Scripted):
         self.reconnect()
         self.assertEqual(server.requests(), [
             {"request": "hello", "content": {"protocol": 2, "client": f"chatd-client/{chatd_client.__version__}"}},
-            {"request": "login", "content": "alice"},
+            {"request": "login", "content": "alice", "ref": LOGIN_REF},
             {"request": "join", "content": "#Dev", "ref": REJOIN_REF + "#Dev"},
             {"request": "join", "content": "#ops", "ref": REJOIN_REF + "#ops"},
             {"request": "history", "content": {"after": 7, "limit": 500}, "ref": RESUME_REF},
@@ -497,15 +497,18 @@ class RealServerTests(SynchronousTestCase):
 
 
 class PipedClient:
-    """``python -m chatd.client --name NAME`` with standard input and
-    output as pipes: lines typed in, lines printed read back (by a thread,
-    so that every wait has a deadline)."""
+    """``python -m chatd.client --name NAME`` (``name`` None: without
+    ``--name``) and ``args``, with standard input and output as pipes:
+    lines typed in, lines printed read back (by a thread, so that every
+    wait has a deadline).  ``label`` names its stderr file."""
 
-    def __init__(self, port: int, name: str, workdir: str) -> None:
-        self.stderr_path = os.path.join(workdir, f"{name}.stderr")
+    def __init__(self, port: int, name: str | None, workdir: str, *args: str, label: str | None = None) -> None:
+        label = label or name or "client"
+        self.stderr_path = os.path.join(workdir, f"{label}.{len(os.listdir(workdir))}.stderr")
+        named = ["--name", name] if name is not None else []
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "chatd.client", "--port", str(port), "--name", name],
+                [sys.executable, "-m", "chatd.client", "--port", str(port), *named, *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.client.parser import (
     COMMANDS,
+    MODERATION,
     ERROR,
     HELP,
     INFO,
@@ -18,7 +19,9 @@ from chatd.client.parser import (
     Command,
     Line,
     MessageParser,
+    command_word,
     conversation,
+    duration_seconds,
     encode_request,
     fold,
     local_time,
@@ -248,7 +251,9 @@ class RoomInputTests(SynchronousTestCase):
 
     def test_help_lists_every_command(self) -> None:
         listed = " ".join(command for command, _ in HELP)
-        for word in ("join", "part", "rooms", "switch", "msg", "topic", "names", "login", "logout", "help", "quit"):
+        words = ("join", "part", "rooms", "switch", "msg", "topic", "names", "login", "logout", "help", "quit")
+        accounts = ("register", "password", "whoami", "kick", "ban", "unban", "mute", "unmute", "op", "deop", "voice", "devoice", "mode", "invite")
+        for word in words + accounts:
             self.assertIn(f"/{word}", listed)
             self.assertIn(f"/{word}", COMMANDS)
             self.assertNotEqual(parse_input(f"/{word} #x y").content, f"Unknown command /{word}. Commands: {COMMANDS}")
@@ -408,3 +413,123 @@ class RoomResponseTests(SynchronousTestCase):
             for line in self.parser.parse_response(response):
                 self.assertNotIn("\x1b", line.text)
                 self.assertNotIn("\u202e", line.text)
+
+
+class AccountInputTests(SynchronousTestCase):
+    """The account and moderation commands (PROTOCOL.md sections 6.4, 6.5)."""
+
+    def test_account_commands(self) -> None:
+        self.assertEqual(parse_input("/register alice"), Command("request", "register", "alice"))
+        self.assertEqual(parse_input("/password"), Command("request", "password"))
+        self.assertEqual(parse_input("/WHOAMI"), Command("whoami"))
+        for line in ("/register", "/register a b", "/register b\u00f6b", "/password old new"):
+            self.assertEqual(parse_input(line).action, "error", line)
+        # Passwords are never typed on a command line: the error says so.
+        self.assertIn("asked for", parse_input("/register alice hunter2").content)
+        self.assertNotIn("hunter2", parse_input("/register alice hunter2").content)
+
+    def test_command_word(self) -> None:
+        self.assertEqual(command_word("/Login bob"), "login")
+        self.assertEqual(command_word("/password\r\n"), "password")
+        self.assertEqual(command_word("/register"), "register")
+        self.assertIsNone(command_word("//login bob"))
+        self.assertIsNone(command_word("login bob"))
+
+    def test_kick_and_ban(self) -> None:
+        self.assertEqual(parse_input("/kick bob"), Command("request", "kick", {"user": "bob"}))
+        self.assertEqual(parse_input("/kick bob  spam,  again "), Command("request", "kick", {"user": "bob", "comment": "spam,  again"}))
+        self.assertEqual(parse_input("/KICK #Dev bob x"), Command("request", "kick", {"user": "bob", "comment": "x"}, target="#Dev"))
+        self.assertEqual(parse_input("/ban bob"), Command("request", "ban", {"user": "bob"}))
+        self.assertEqual(parse_input("/ban bob 10m go away"), Command("request", "ban", {"user": "bob", "duration": 600, "comment": "go away"}))
+        self.assertEqual(parse_input("/ban #dev bob 2h"), Command("request", "ban", {"user": "bob", "duration": 7200}, target="#dev"))
+        self.assertEqual(parse_input("/ban bob spam 10m"), Command("request", "ban", {"user": "bob", "comment": "spam 10m"}))
+        self.assertEqual(parse_input("/unban bob"), Command("request", "unban", {"user": "bob"}))
+
+    def test_mute_op_voice_invite(self) -> None:
+        self.assertEqual(parse_input("/mute bob 90"), Command("request", "mute", {"user": "bob", "duration": 90}))
+        self.assertEqual(parse_input("/mute bob"), Command("request", "mute", {"user": "bob"}))
+        for word in ("unmute", "op", "deop", "voice", "devoice"):
+            self.assertEqual(parse_input(f"/{word} irc_nick-1"), Command("request", word, {"user": "irc_nick-1"}))
+            self.assertEqual(parse_input(f"/{word} bob extra").action, "error")
+        self.assertEqual(parse_input("/invite bob"), Command("request", "invite", {"user": "bob"}))
+        self.assertEqual(parse_input("/invite bob #dev"), Command("request", "invite", {"user": "bob"}, target="#dev"))  # IRC's order
+        self.assertEqual(parse_input("/invite #dev bob"), Command("request", "invite", {"user": "bob"}, target="#dev"))
+
+    def test_moderation_errors(self) -> None:
+        for word in MODERATION:
+            self.assertIn("needs a NAME", parse_input(f"/{word}").content)
+            self.assertIn("needs a NAME", parse_input(f"/{word} #dev").content)
+            self.assertIn("is not a user name", parse_input(f"/{word} b!b").content)
+            self.assertIn("is not a room name", parse_input(f"/{word} #a! bob").content)
+        self.assertIn("1 second or more", parse_input("/ban bob 0").content)
+        self.assertIn("1 second or more", parse_input("/mute bob 0m").content)
+        self.assertEqual(parse_input("/mute bob soon").action, "error")
+
+    def test_durations(self) -> None:
+        cases = {"90": 90, "30s": 30, "10m": 600, "2h": 7200, "1d": 86400, "1w": 604800}
+        for text, seconds in cases.items():
+            self.assertEqual(duration_seconds(text), seconds, text)
+        for text in ("", "m", "1.5h", "-1", "10x", "1234567890", "1H"):
+            self.assertIsNone(duration_seconds(text), text)
+
+    def test_mode(self) -> None:
+        self.assertEqual(parse_input("/mode"), Command("request", "mode", {}))
+        self.assertEqual(parse_input("/mode #dev"), Command("request", "mode", {}, target="#dev"))
+        self.assertEqual(parse_input("/mode +im -s"), Command("request", "mode", {"invite_only": True, "moderated": True, "secret": False}))
+        self.assertEqual(parse_input("/mode +i-n+t"), Command("request", "mode", {"invite_only": True, "no_external": False, "topic_ops": True}))
+        self.assertEqual(
+            parse_input("/mode #dev +moderated -invite-only -no_external"),
+            Command("request", "mode", {"moderated": True, "invite_only": False, "no_external": False}, target="#dev"),
+        )
+        for line in ("/mode i", "/mode +x", "/mode +", "/mode moderated", "/mode #a! +m"):
+            self.assertEqual(parse_input(line).action, "error", line)
+
+
+class AccountResponseTests(SynchronousTestCase):
+    """What accounts and moderation make the parser print."""
+
+    def setUp(self) -> None:
+        self.parser = MessageParser()
+        self.parser.me = "alice"
+
+    def lines(self, response: dict[str, object]) -> list[tuple[str, str]]:
+        return [(line.kind, line.text) for line in self.parser.parse_response(response)]
+
+    def test_what_others_did_to_us_is_a_notice(self) -> None:
+        kicked = {"response": "info", "content": "You were kicked from #Dev by bob: spam", "room": "#Dev", "by": "bob", "comment": "spam"}
+        self.assertEqual(self.lines(kicked), [(NOTICE, "You were kicked from #Dev by bob: spam")])
+        muted = {"response": "info", "content": "You were muted in #Dev by bob", "room": "#Dev", "by": "bob"}
+        self.assertEqual(self.lines(muted), [(NOTICE, "You were muted in #Dev by bob")])
+        done = {"response": "info", "content": "Kicked carol from #Dev", "room": "#Dev", "user": "carol"}
+        self.assertEqual(self.lines(done), [(INFO, "Kicked carol from #Dev")])
+
+    def test_mode_read_and_unusual_modes_at_join(self) -> None:
+        modes = {"invite_only": True, "topic_ops": True, "moderated": False, "secret": False, "no_external": True}
+        read = {"response": "info", "content": "Modes of #Dev", "room": "#Dev", "modes": modes}
+        self.assertEqual(self.lines(read), [
+            (INFO, "Modes of #Dev"), (INFO, "Modes: invite_only on, topic_ops on, moderated off, secret off, no_external on"),
+        ])
+        join = {"response": "info", "content": "Joined #Dev", "room": "#Dev", "topic": "", "members": ["alice"], "ops": [], "voiced": []}
+        self.assertEqual(self.lines(dict(join, modes=dict(modes, invite_only=False)))[1:], [(INFO, "Members: alice")])  # the defaults
+        self.assertEqual(self.lines(dict(join, modes=dict(modes, topic_ops=False)))[2:], [(INFO, "Modes: invite_only on, topic_ops off")])
+
+    def test_mode_events_about_us(self) -> None:
+        mode = {"response": "mode", "content": {"room": "#Dev", "by": "bob", "user": "ALICE", "op": True}}
+        self.assertEqual(self.lines(mode), [(NOTICE, "bob gave you op in #Dev")])
+        mode = {"response": "mode", "content": {"room": "#Dev", "by": "bob", "user": "alice", "voice": False}}
+        self.assertEqual(self.lines(mode), [(NOTICE, "bob took your voice in #Dev")])
+
+    def test_offline_direct_messages(self) -> None:
+        entries = [dict(message("bob", "while away 1", 1), to="alice", offline=True), dict(message("bob", "while away 2", 2), to="alice", offline=True)]
+        page = {"response": "history", "content": entries, "with": "bob", "more": True}
+        texts = [text.split("] ", 1)[-1] for _, text in self.lines(page)]
+        self.assertEqual(texts, [
+            "Direct messages from bob while you were away:",
+            "bob -> alice: while away 1",
+            "bob -> alice: while away 2",
+            "More direct messages from bob are waiting: they come at your next login.",
+        ])
+        self.assertEqual(self.lines(dict(page, content=[])), [])
+        # The note on an offline DM is for its sender's echo only.
+        mine = dict(message("alice", "are you there?", 3), to="bob", offline=True)
+        self.assertTrue(self.lines(mine)[0][1].endswith("alice -> bob: are you there? (offline: delivered at their next login)"))

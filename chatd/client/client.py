@@ -11,19 +11,29 @@ it has already shown.  With a protocol 2 server it speaks rooms and
 direct messages (PROTOCOL.md section 6): ``/join``, ``/part``,
 ``/rooms``, ``/topic``, ``/names``, ``/msg NAME``, and ``/switch`` to
 choose where plain lines go; after a reconnect it joins its rooms again
-and resumes each one.  Whatever a server sends, the client never raises:
-malformed responses are shown as error lines, and resuming after a
-reconnect is bounded.
+and resumes each one.  With a server that has accounts (section 6.4)
+``/register``, ``/login`` with a password and ``/password`` ask for
+passwords with the terminal's echo off (:class:`Keyboard`), or read them
+from the next input lines of a pipe or from ``--password-file``; the
+password of the account logged in stays in memory only (a
+:class:`Secret`) to log in again after a reconnect.  The moderation
+commands of section 6.5 act on the current room.  Whatever a server
+sends, the client never raises: malformed responses are shown as error
+lines, and resuming after a reconnect is bounded.
 
 Run as ``chatd-client`` or ``python -m chatd.client.client``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import stat
 import sys
-from typing import Any, Callable, Iterator, TextIO, cast
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol as Interface, TextIO, cast
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITCPTransport
@@ -40,10 +50,13 @@ from chatd.client.parser import (
     INFO,
     LOBBY,
     MESSAGE,
+    MODERATION,
     NOTICE,
+    USER_NAME,
     Command,
     Line,
     MessageParser,
+    command_word,
     conversation,
     encode_request,
     fold,
@@ -67,6 +80,20 @@ DRAIN_REF = "chatd-client:drain"
 JOIN_REF = "chatd-client:join "
 REJOIN_REF = "chatd-client:rejoin "
 PART_REF = "chatd-client:part "
+#: Every login (a v2 server puts it on all the login's responses: its
+#: errors, and an account's rooms and waiting direct messages) and a
+#: password change.
+LOGIN_REF = "chatd-client:login"
+PASSWORD_REF = "chatd-client:password"
+#: A ping whose pong says every earlier reply is in: ``/whoami`` answers then.
+WHOAMI_REF = "chatd-client:whoami"
+
+#: Login errors a server without ``ref`` (protocol 1) can give.
+V1_LOGIN_ERRORS = ("invalid_username", "name_taken", "already_logged_in")
+
+#: Seconds to wait for the answer to ``hello`` before what was typed is
+#: sent anyway (a server that never answers it).
+HELLO_WAIT = 5.0
 
 #: Conversations whose last id is kept for de-duplicating, at most (a
 #: server could name a new room in every message).
@@ -103,6 +130,7 @@ class Printer:
     def __init__(self, stream: TextIO, colour: bool) -> None:
         self.stream = stream
         self.colour = colour
+        self._prompt: str | None = None
 
     @classmethod
     def for_stdout(cls) -> Printer:
@@ -121,15 +149,147 @@ class Printer:
         """Print a response as received (``--raw``), made terminal-safe."""
         self._write(safe(data.decode("utf-8", "replace")))
 
+    def prompt(self, text: str) -> None:
+        """Show a password prompt (no newline: the answer is typed after it).
+
+        Until :meth:`end_prompt`, a line printed meanwhile goes on a line
+        of its own and the prompt is shown again after it.
+        """
+        self._prompt = text
+        self._emit(text)
+
+    def end_prompt(self) -> None:
+        """The answer was typed (without echo, so its Enter was not shown)."""
+        if self._prompt is not None:
+            self._prompt = None
+            self._emit("\n")
+
     def _write(self, text: str) -> None:
+        if self._prompt is not None:
+            self._emit("\n" + text + "\n" + self._prompt)
+        else:
+            self._emit(text + "\n")
+
+    def _emit(self, text: str) -> None:
         try:
-            self.stream.write(text + "\n")
+            self.stream.write(text)
         except UnicodeEncodeError:
             # A terminal whose encoding lacks a character (Latin-1 and an
             # emoji): show its escape rather than raise.
             encoding = getattr(self.stream, "encoding", None) or "ascii"
-            self.stream.write((text + "\n").encode(encoding, "backslashreplace").decode(encoding))
+            self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
         self.stream.flush()
+
+
+class Secret:
+    """A password held in memory: never shown by ``repr`` or ``str``, so
+    that no log line, traceback or error text can carry it by mistake;
+    :meth:`reveal` gives it for the one request that sends it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The password itself."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(hidden)"
+
+    __str__ = __repr__
+
+
+def _revealed(value: Any) -> Any:
+    """``value`` with each :class:`Secret` in it (or in a dict of it)
+    replaced by its text: done only as a request is encoded."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, dict):
+        return {key: _revealed(item) for key, item in value.items()}
+    return value
+
+
+class EchoControl(Interface):
+    """Turns a terminal's echo off while a password is typed."""
+
+    def hide(self) -> bool:
+        """Echo off; False if it could not be turned off."""
+
+    def restore(self) -> None:
+        """Echo as it was before :meth:`hide` (nothing if not hidden)."""
+
+
+class Keyboard:
+    """Standard input when it is a terminal: echo off while a password is
+    typed, through ``termios`` on its file descriptor.
+
+    The client reads standard input in the reactor (``twisted.internet
+    .stdio``, a line at a time in the terminal's canonical mode), so the
+    password line comes in like any other; only the terminal's ``ECHO``
+    flag changes, for as long as the prompt is up.  Nothing blocks: the
+    connection keeps being served while the user types.  Turning it off
+    flushes input not yet read (``TCSAFLUSH``, as ``getpass`` does): it
+    was typed, and shown, before the prompt.  The saved settings come
+    back when the line is in, when input ends, at exit (``atexit``, also
+    reached after ``SIGINT`` or ``SIGTERM``, which stop the reactor) and
+    when the session ends.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._saved: list[Any] | None = None
+
+    @classmethod
+    def for_stdin(cls) -> Keyboard | None:
+        """A keyboard for standard input if it is a terminal, else None."""
+        try:
+            import termios  # noqa: F401 - POSIX only
+
+            return cls(sys.stdin.fileno()) if os.isatty(sys.stdin.fileno()) else None
+        except (ImportError, ValueError, OSError):
+            return None
+
+    def hide(self) -> bool:
+        """Turn echo off (keeping line editing); False if that failed."""
+        import termios
+
+        if self._saved is not None:
+            return True
+        try:
+            saved = termios.tcgetattr(self.fd)
+            quiet = list(saved)
+            quiet[3] = saved[3] & ~termios.ECHO  # the local modes
+            termios.tcsetattr(self.fd, termios.TCSAFLUSH, quiet)
+        except termios.error:
+            return False
+        self._saved = saved
+        return True
+
+    def restore(self) -> None:
+        """Echo back on, as it was."""
+        import termios
+
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            try:
+                termios.tcsetattr(self.fd, termios.TCSANOW, saved)
+            except termios.error:
+                pass  # the terminal is gone
+
+
+@dataclass
+class _SecretWait:
+    """Passwords being asked for: the next input lines are them."""
+
+    what: str  # the command, for messages ("/login alice")
+    prompts: list[str]  # one per password asked for
+    then: Callable[[list[Secret]], None]
+    answers: list[Secret] = field(default_factory=list)
 
 
 class LineTooLong(Exception):
@@ -268,6 +428,19 @@ class ChatSession:
     conversation: each is de-duplicated on its own).  After a reconnect
     the session logs in again, joins its rooms again, and asks each
     conversation it has seen messages of for what it missed.
+
+    Accounts (PROTOCOL.md section 6.4): ``/login NAME`` on a server with
+    accounts asks for the password (Enter alone logs in as a guest),
+    ``/register NAME`` and ``/password`` ask for theirs.  With
+    ``keyboard`` (standard input is a terminal) each is asked for with a
+    prompt and the terminal's echo off; without it (a pipe) the next
+    input lines are the passwords.  ``password_file`` (``--password-file``)
+    answers ``/login`` and ``/register`` instead, and logs ``name`` in on
+    connect.  The password of the account logged in is kept in memory
+    only, as a :class:`Secret`, to log in again after a reconnect; it is
+    never printed.  Until the server has answered the first ``hello``
+    (so that the session knows whether it has accounts, and so whether
+    the line after ``/login NAME`` is a password) typed lines wait.
     """
 
     def __init__(
@@ -280,6 +453,8 @@ class ChatSession:
         max_retries: int = 8,
         max_delay: float = 30.0,
         describe: str = "the server",
+        keyboard: EchoControl | None = None,
+        password_file: Secret | None = None,
     ) -> None:
         self.clock = clock
         self._connect = connect
@@ -301,7 +476,8 @@ class ChatSession:
         self._join_from: dict[str, str] = {}  # folded room -> the target before its /join, until answered
         self._rejoining: set[str] = set()  # rooms joined again after a reconnect, not yet answered
         self._paged: set[str] = set()  # conversations this reconnect resumes by history pages
-        self._pending_name: str | None = None
+        # Logins sent and not answered yet, oldest first: name, password.
+        self._logins: deque[tuple[str, Secret | None]] = deque()
         self._ever_connected = False
         self._retries = 0
         self._quitting = False
@@ -312,6 +488,27 @@ class ChatSession:
         self._queued: list[tuple[str, Any, dict[str, Any]]] = []
         self.v2 = False
         self._awaiting_hello = False
+        # Accounts: the server's features (None until a hello is
+        # answered; empty for a v1 server), how passwords are read, the
+        # password of the account logged in and of a login or password
+        # change waiting for its answer.
+        self.features: frozenset[str] | None = None
+        self.keyboard = keyboard
+        self.password_file = password_file
+        self._password: Secret | None = password_file if name is not None else None
+        self._pending_new: Secret | None = None
+        self._asking: _SecretWait | None = None
+        # Lines typed before the first hello is answered, and whether
+        # input ended meanwhile.
+        self._ready = False
+        self._held: list[str] = []
+        self._held_end = False
+        self._release_due = False
+        self._hello_timer: IDelayedCall | None = None
+        # Rooms given back at this connection's login (an account's), and
+        # whether the server put us out of #lobby (no reconnect then).
+        self._restored: set[str] = set()
+        self._removed = False
         self._resuming = False
         self._resume_queue: list[str] = []  # conversations still to resume, in order
         self._resume_current: str | None = None  # the one being paged
@@ -327,6 +524,11 @@ class ChatSession:
     @name.setter
     def name(self, name: str | None) -> None:
         self.parser.me = name  # the parser tells our DMs from others'
+
+    @property
+    def account(self) -> bool:
+        """Whether the session is logged in to an account (with a password)."""
+        return self.name is not None and self._password is not None
 
     @property
     def target(self) -> str:
@@ -369,9 +571,13 @@ class ChatSession:
         self._reset_resume()
         self._rejoining.clear()
         self._paged.clear()
+        self._restored.clear()
+        self._logins.clear()  # answers that will never come
         protocol.send_request("hello", {"protocol": 2, "client": f"chatd-client/{__version__}"})
+        if not self._ready and self._hello_timer is None:
+            self._hello_timer = self.clock.callLater(HELLO_WAIT, self._hello_overdue)
         if self.name is not None:
-            self._send("login", self.name)
+            self._send("login", self.name, **({"password": self._password} if self._password is not None else {}))
         else:
             self._forget_rooms()  # not logged in: in no room
         for request, content, extra in self._queued:
@@ -394,6 +600,10 @@ class ChatSession:
             return
         if self._quitting or self._input_ended:
             self._finish(0)
+            return
+        if self._removed:
+            self.show(ERROR, "the server closed the connection: you were put out of #lobby (not reconnecting)")
+            self._finish(1)
             return
         if self.name is None:
             self.show(ERROR, "connection to the server lost")
@@ -430,6 +640,8 @@ class ChatSession:
             lines = [Line(ERROR, f"cannot show a response from the server ({type(problem).__name__})")]
         self._print(lines)
         self._restart_drain_timer()
+        if self._release_due:
+            self._release()
 
     def _lines_for(self, line: bytes) -> list[Line]:
         """Lines to print for one response line (and its bookkeeping)."""
@@ -447,6 +659,8 @@ class ChatSession:
             return lines
         if self._awaiting_hello:
             self._awaiting_hello = False
+            if not self._ready:
+                self._release_due = True  # once this response is shown
             if self._hello_answered(response):
                 return []
         after = self._track(response)
@@ -461,10 +675,14 @@ class ChatSession:
         """Handle the answer to hello; True if there is nothing more to do."""
         if response.get("response") == "hello":
             self.v2 = True
+            content = response.get("content")
+            features = content.get("features") if isinstance(content, dict) else None
+            self.features = frozenset(item for item in features if isinstance(item, str)) if isinstance(features, list) else frozenset()
             if self.name is not None and (self.rooms or any(self.last_ids.values())):
                 self._resume()  # back after a lost connection
             return True
         # A v1 server: it answered hello with an error; carry on in v1.
+        self.features = frozenset()
         return response.get("response") == "error"
 
     def _resume(self) -> None:
@@ -516,6 +734,9 @@ class ChatSession:
         if ref == DRAIN_REF and kind == "pong":
             self.clock.callLater(0, self._drained)
             return []
+        if ref == WHOAMI_REF and kind == "pong":
+            self.printer.show(self._account_state())  # a line of the client's own: shown with --raw too
+            return []
         if ref == RESUME_REF:
             # A page still due after the resume ended early: its
             # messages are older than those shown since.
@@ -523,8 +744,13 @@ class ChatSession:
         if isinstance(ref, str) and ref.startswith(REJOIN_REF):
             return self._rejoin_answer(response, fold(ref[len(REJOIN_REF) :]))
         if self._resuming:
-            if kind == "history" and ref is None and LOBBY in self._paged:
-                return []  # the login history: the resume pages replace it
+            if kind == "history" and ref in (None, LOGIN_REF) and "with" not in response:
+                # The login's history of #lobby (or, for an account, of a
+                # room it is in): the resume pages replace it.  Direct
+                # messages that waited for the login are shown.
+                room = response.get("room")
+                if (fold(room) if isinstance(room, str) else LOBBY) in self._paged:
+                    return []
             if kind == "message":
                 return self._hold_live(response, size)
         return self._parse_new(response)
@@ -538,6 +764,11 @@ class ChatSession:
             self._rejoining.discard(key)
         if kind == "history" and key in self._paged:
             return []  # the resume pages replace it
+        if kind == "info" and key in self._restored:
+            # An account's login gave the room back already (a room
+            # already joined: the info only): said once is enough.
+            self._rejoining.discard(key)
+            return []
         return self._parse_new(response)
 
     # -- resuming after a reconnect ------------------------------------------
@@ -614,34 +845,57 @@ class ChatSession:
         if kind == "info" and self._awaiting_logout and content == "Logout successful":
             self._awaiting_logout = False
             self.clock.callLater(0, self._drained)  # after this line is printed
-        if kind == "info" and isinstance(content, str) and self._pending_name is not None:
-            if content.startswith("Login successful"):
-                self.name = self._pending_name
-                self._pending_name = None
+        code = response.get("code")
+        if kind == "info" and isinstance(content, str):
+            if content.startswith("Login successful") and self._logins:
+                # Answers come in request order: the oldest login's.
+                self.name, self._password = self._logins.popleft()  # no password: a guest
+                if not self._has_accounts():
+                    self._password = None  # a server without accounts ignored it
             elif content.startswith("Logout successful"):
                 self.name = None
-                self._pending_name = None
+                self._password = None
                 self._forget_rooms()  # a guest's memberships end with its session
-        elif kind == "error" and self._pending_name is not None and response.get("code") in ("invalid_username", "name_taken", "already_logged_in"):
-            if response.get("code") != "already_logged_in":
-                self.name = None  # not logged in on this connection
+        elif kind == "error" and self._logins and (ref == LOGIN_REF or (ref is None and code in V1_LOGIN_ERRORS)):
+            # The login was refused (auth_failed, banned, rate_limited, ...:
+            # a v2 server says which request by the ref).
+            self._logins.popleft()
+            if code != "already_logged_in" and self.name is not None:
+                # The login again after a reconnect: not logged in on
+                # this connection, so in no room.  (Not logged in before:
+                # nothing to forget, and a /join typed after the login
+                # still stands.)
+                self.name = None
+                self._password = None
                 self._forget_rooms()
                 if self._resuming:
                     return self._end_resume()  # the error says why
-            self._pending_name = None
+        if ref == PASSWORD_REF:
+            if kind == "info" and self._pending_new is not None and self.account:
+                self._password = self._pending_new  # for the next reconnect
+            self._pending_new = None
+        after: list[Line] = []
         if kind == "info" and isinstance(room, str):
             if isinstance(response.get("members"), list):
                 self._joined(room)
+                if ref == LOGIN_REF:
+                    self._restored.add(fold(room))  # an account's room, given back at login
             elif (isinstance(ref, str) and ref.startswith(PART_REF)) or (
                 ref is None and isinstance(content, str) and content.startswith(("Left ", "You were kicked ", "You were banned "))
             ):
+                before = self.target
                 self._left(room)
+                if isinstance(content, str) and content.startswith(("You were kicked ", "You were banned ")):
+                    if fold(room) == LOBBY:
+                        self._removed = True  # the server closes the connection next
+                    elif self.target != before:
+                        after.append(Line(NOTICE, f"now talking {self._where(self.target)}"))
         if kind == "error" and isinstance(ref, str):
             if ref.startswith(JOIN_REF):
                 return self._join_failed(ref[len(JOIN_REF) :], rejoin=False)
             if ref.startswith(REJOIN_REF) and fold(ref[len(REJOIN_REF) :]) in self._rejoining:
                 return self._join_failed(ref[len(REJOIN_REF) :], rejoin=True)
-        return []
+        return after
 
     def _joined(self, room: str) -> None:
         """The server says we are in ``room`` (its canonical spelling)."""
@@ -719,19 +973,236 @@ class ChatSession:
     # -- user input ------------------------------------------------------
 
     def user_line(self, text: str) -> None:
-        """One line typed by the user."""
+        """One line typed by the user (a password, when one is asked for)."""
+        if self._asking is not None:
+            self._secret_line(text)
+            return
+        if not self._ready:
+            self._held.append(text)  # until the server says what it has
+            return
         command = parse_input(text)
-        if command.action == "quit":
+        word = command_word(text)
+        if word in ("login", "register", "password"):
+            self._account_command(word, command)
+        elif command.action == "quit":
             self.quit()
         elif command.action == "error":
             self.show(ERROR, command.content)
         elif command.action == "help":
             for usage_text, meaning in HELP:
                 self.show(INFO, f"{usage_text:<18} {meaning}")
+        elif command.action == "whoami":
+            self._whoami()
         elif command.action == "switch":
             self._switch(command.content)
         elif command.action == "request":
             self._request(command)
+
+    # -- typed lines held until the server's features are known -----------
+
+    def _release(self) -> None:
+        """The first hello is answered (or overdue): handle the lines
+        typed meanwhile, in order, then an end of input that came."""
+        self._release_due = False
+        if self._ready:
+            return
+        self._ready = True
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        held, self._held = self._held, []
+        for text in held:
+            if self.done.called:
+                return
+            self.user_line(text)
+        if self._held_end:
+            self._held_end = False
+            self.input_ended()
+
+    def _hello_overdue(self) -> None:
+        """No answer to hello: go on without knowing the server's features."""
+        self._hello_timer = None
+        self._release()
+
+    # -- accounts ----------------------------------------------------------
+
+    def _has_accounts(self) -> bool:
+        return self.features is not None and "accounts" in self.features
+
+    def _no_accounts(self, word: str) -> bool:
+        """Whether the server is known to have no accounts (then said)."""
+        if self.features is None or self._has_accounts():
+            return False
+        if self.v2:
+            self.show(ERROR, f"/{word}: this server has no accounts.")
+        else:
+            self.show(ERROR, f"/{word}: this server speaks protocol 1 only: no accounts.")
+        return True
+
+    def _account_command(self, word: str, command: Command) -> None:
+        """``/login``, ``/register``, ``/password``.
+
+        Which input lines are passwords must never depend on answers
+        still to come (a pipe's lines are all read at once): on a pipe
+        these commands take their password lines even when refused (a
+        typo, no accounts, not logged in), and only then say why, so
+        that a password is never sent as a message.  On a terminal the
+        user sees a refusal before typing on, so it comes first.
+        """
+        if command.action == "error":
+            count = self._pipe_passwords(word)
+            if count:
+                self._ask(word, [""] * count, lambda _answers: self.show(ERROR, command.content))
+            else:
+                self.show(ERROR, command.content)
+        elif word == "login":
+            self._login(command.content)
+        elif word == "register":
+            self._register(command.content)
+        else:
+            self._change_password()
+
+    def _pipe_passwords(self, word: str) -> int:
+        """How many input lines after ``/WORD`` are passwords, without a
+        terminal (0 with one: its prompts come only once accepted)."""
+        if self.keyboard is not None:
+            return 0
+        if word == "login":
+            known_without = self.features is not None and not self._has_accounts()
+            return 0 if known_without or self.password_file is not None else 1
+        if word == "register":
+            return 0 if self.password_file is not None else 1
+        return 2  # /password: the current one, the new one
+
+    def _login(self, name: str) -> None:
+        """``/login NAME``: with a password if the server has accounts
+        (from ``--password-file``, or asked for: Enter alone, or an empty
+        line, logs in as a guest), else as a guest as in protocol 1."""
+        known_without = self.features is not None and not self._has_accounts()
+        if known_without:
+            self._request(Command("request", "login", name))
+        elif self.password_file is not None:
+            self._request(Command("request", "login", name), password=self.password_file)
+        elif self.keyboard is not None and (USER_NAME.fullmatch(name) is None or self.name is not None):
+            # Nothing to ask for: the server refuses the name, or says we
+            # are logged in already.
+            self._request(Command("request", "login", name))
+        else:
+
+            def log_in(answers: list[Secret]) -> None:
+                password = answers[0]
+                self._request(Command("request", "login", name), **({"password": password} if password else {}))
+
+            self._ask(f"/login {name}", [f"Password for {name} (Enter alone: log in as a guest): "], log_in)
+
+    def _register(self, name: str) -> None:
+        """``/register NAME``: the password from ``--password-file`` or
+        asked for (twice on a terminal).  It does not log in (section 6.4)."""
+        if (self.keyboard is not None or self.password_file is not None) and self._no_accounts("register"):
+            return
+        if self.password_file is not None:
+            self._request(Command("request", "register", {"username": name, "password": self.password_file}))
+            return
+
+        def register(answers: list[Secret]) -> None:
+            if self._no_accounts("register"):
+                return
+            if not answers[0]:
+                self.show(NOTICE, f"/register {name}: no password given; nothing registered")
+            elif len(answers) > 1 and answers[0].reveal() != answers[1].reveal():
+                self.show(ERROR, f"/register {name}: the two passwords differ; nothing registered")
+            else:
+                self._request(Command("request", "register", {"username": name, "password": answers[0]}))
+
+        prompts = [f"Password for the new account {name}: "]
+        if self.keyboard is not None:
+            prompts.append("The same password again: ")
+        self._ask(f"/register {name}", prompts, register)
+
+    def _change_password(self) -> None:
+        """``/password``: the current password, then the new one (twice on
+        a terminal).  Without a terminal, a guest's is refused by the
+        server (whether we are one may not be known yet)."""
+        if self.keyboard is not None:
+            if self._no_accounts("password"):
+                return
+            if not self.account:
+                self.show(ERROR, "/password: you are not logged in to an account.")
+                return
+
+        def change(answers: list[Secret]) -> None:
+            if self._no_accounts("password"):
+                return
+            if len(answers) < 2 or not answers[0] or not answers[1]:
+                self.show(NOTICE, "/password: no password given; password unchanged")
+                return
+            old, new = answers[0], answers[1]
+            if len(answers) > 2 and new.reveal() != answers[2].reveal():
+                self.show(ERROR, "/password: the two new passwords differ; password unchanged")
+            else:
+                self._request(Command("request", "password", {"old": old, "new": new}))
+
+        prompts = ["Current password: ", "New password: "]
+        if self.keyboard is not None:
+            prompts.append("The new password again: ")
+        self._ask("/password", prompts, change)
+
+    def _ask(self, what: str, prompts: list[str], then: Callable[[list[Secret]], None]) -> None:
+        """Take the next input lines as passwords: on a terminal each
+        after its prompt, echo off."""
+        if self.keyboard is not None and not self.keyboard.hide():
+            self.show(ERROR, f"{what}: cannot turn the terminal's echo off; use --password-file")
+            return
+        self._asking = _SecretWait(what, prompts, then)
+        if self.keyboard is not None:
+            self.printer.prompt(prompts[0])
+
+    def _secret_line(self, text: str) -> None:
+        """A line typed while passwords are asked for: the next of them."""
+        asking = self._asking
+        assert asking is not None
+        answer = Secret(text.rstrip("\r\n"))
+        asking.answers.append(answer)
+        if self.keyboard is not None:
+            self.printer.end_prompt()
+        # On a terminal, Enter alone ends the questions (a guest login, or
+        # cancelled); a pipe always gives as many lines as were asked for,
+        # so that which lines are passwords never depends on their text.
+        if len(asking.answers) < len(asking.prompts) and (answer or self.keyboard is None):
+            if self.keyboard is not None:
+                self.printer.prompt(asking.prompts[len(asking.answers)])
+            return
+        self._stop_asking()
+        asking.then(asking.answers)
+
+    def _stop_asking(self) -> None:
+        self._asking = None
+        if self.keyboard is not None:
+            self.printer.end_prompt()
+            self.keyboard.restore()
+
+    def _whoami(self) -> None:
+        """``/whoami``: the account state, once the replies to what was
+        typed before it are in (a ping's pong comes after them)."""
+        if self.protocol is not None and self.v2 and not self._awaiting_hello:
+            self.protocol.send_request("ping", None, ref=WHOAMI_REF)
+        else:
+            self.printer.show(self._account_state())
+
+    def _account_state(self) -> Line:
+        """Who we are: not logged in, a guest, or an account; and whether
+        the server has accounts."""
+        if self.name is None:
+            text = "You are not logged in"
+        elif self.account:
+            text = f"You are {safe(self.name)}, logged in to your account (after a lost connection the client logs in again with its password)"
+        else:
+            text = f"You are {safe(self.name)}, a guest"
+        if self._has_accounts():
+            text += "; this server has accounts (/register NAME, /login NAME)"
+        elif self.features is not None:
+            text += "; this server has no accounts"
+        return Line(NOTICE, text + ".")
 
     def _switch(self, target: str | None) -> None:
         """``/switch``: plain lines go to ``target`` from now on."""
@@ -747,7 +1218,9 @@ class ChatSession:
     def _where(self, target: str) -> str:
         return f"in {safe(target)}" if target.startswith("#") else f"to {safe(target)} (direct messages)"
 
-    def _request(self, command: Command) -> None:
+    def _request(self, command: Command, **secrets: Secret) -> None:
+        """Send a command's request, or queue it until connected.
+        ``secrets`` are top-level keys (a login's ``password``)."""
         if self.protocol is not None and not self._awaiting_hello and not self.v2 and self._needs_v2(command):
             self.show(ERROR, "This server speaks protocol 1 only: no rooms and no direct messages.")
             return
@@ -755,13 +1228,11 @@ class ChatSession:
         if wire is None:
             return
         request, content, extra = wire
-        if request == "login":
-            self._pending_name = content
-        elif request == "logout":
-            self._pending_name = self.name
+        extra.update(secrets)
         if self.protocol is None:
             if request == "login":
                 self.name = None  # the reconnect logs in with this name instead
+                self._password = None
             self._queued.append((request, content, extra))
             return
         self._send(request, content, **extra)
@@ -775,7 +1246,7 @@ class ChatSession:
         if command.request == "names":
             room = command.content or self.target
             return bool(room.startswith("#") and fold(room) != LOBBY)
-        return False
+        return command.request in MODERATION or command.request in ("mode", "password")
 
     def _wire(self, command: Command) -> tuple[str, Any, dict[str, Any]] | None:
         """A command as the request, content and top-level keys to send
@@ -806,6 +1277,13 @@ class ChatSession:
         if request == "names":
             room = content or (self.target if self.target.startswith("#") else LOBBY)
             return "names", None if fold(room) == LOBBY else {"room": room}, {}
+        if request in MODERATION or request == "mode":
+            room = command.target or self._current_room(request)
+            if room is None:
+                return None
+            return request, {"room": self.rooms.get(fold(room), room), **content}, {}
+        if request == "password":
+            return request, content, {"ref": PASSWORD_REF}
         return request, content, {}
 
     def _address(self, target: str) -> dict[str, Any]:
@@ -819,14 +1297,22 @@ class ChatSession:
         """The current target if it is a room; else an error line."""
         if self.target.startswith("#"):
             return self.target
-        self.show(ERROR, f"/{word}: you are talking to {safe(self.target)}, not in a room (/switch #ROOM first).")
+        hint = f" or name it: /{word} #ROOM ..." if word in MODERATION or word == "mode" else ""
+        self.show(ERROR, f"/{word}: you are talking to {safe(self.target)}, not in a room (/switch #ROOM first{hint}).")
         return None
 
     def _send(self, request: str, content: Any, **extra: Any) -> None:
+        """Send a request now; passwords (:class:`Secret`) are revealed
+        only here, as it is encoded."""
         assert self.protocol is not None
         if request == "login":
-            self._pending_name = content
-        self.protocol.send_request(request, content, **extra)
+            password = extra.get("password")
+            self._logins.append((content, password if isinstance(password, Secret) else None))
+            extra["ref"] = LOGIN_REF
+        elif request == "password" and isinstance(content, dict):
+            new = content.get("new")
+            self._pending_new = new if isinstance(new, Secret) else None
+        self.protocol.send_request(request, _revealed(content), **_revealed(extra))
 
     def quit(self) -> None:
         """``/quit``: log out, show the replies still due, close, exit 0."""
@@ -836,10 +1322,12 @@ class ChatSession:
                 self._finish(0)
             # Otherwise connected() quits once the lines before it are sent.
             return
-        if self.name is not None or self._pending_name is not None:
-            # Replies come in order: "Logout successful" is the last one due.
+        if self.name is not None or self._logins:
             self.protocol.send_request("logout")
-            self._awaiting_logout = True
+            # Replies come in order: with v1, "Logout successful" is the
+            # last one due (with v2 the drain's pong says so, and an
+            # earlier /logout's answer is not taken for this one's).
+            self._awaiting_logout = not self.v2
         self._input_ended = True
         self._start_draining()
 
@@ -847,6 +1335,13 @@ class ChatSession:
         """Standard input is closed: wait for replies still due, then exit."""
         if self._input_ended or self.done.called:
             return
+        if not self._ready:
+            self._held_end = True  # after the lines typed before it
+            return
+        if self._asking is not None:
+            what = self._asking.what
+            self._stop_asking()
+            self.show(ERROR, f"{what}: input ended before the password; nothing sent")
         self._input_ended = True
         if self.protocol is not None:
             self._start_draining()
@@ -886,6 +1381,10 @@ class ChatSession:
         self.printer.show(Line(kind, text))
 
     def _finish(self, status: int) -> None:
+        if self.keyboard is not None:
+            self.keyboard.restore()  # never leave the terminal without echo
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
         if not self.done.called:
             self.done.callback(status)
 
@@ -957,7 +1456,14 @@ class ClientOptions(usage.Options):
     optParameters = [
         ["host", None, "127.0.0.1", "Server host name or address."],
         ["port", None, 9998, "Server port.", int],
-        ["name", None, None, "Log in with this name on connect."],
+        ["name", None, None, "Log in with this name on connect (to an account with --password-file)."],
+        [
+            "password-file",
+            None,
+            None,
+            "Read an account's password from this file's first line: --name logs in with it, and /login and /register use it "
+            "instead of asking. Keep the file private (chmod 600).",
+        ],
         ["cafile", None, None, "With --tls: trust this CA certificate (PEM) instead of the system's."],
     ]
     optFlags = [
@@ -983,6 +1489,28 @@ def make_endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint
     return wrapClientTLS(tls_options, endpoint)
 
 
+def read_password_file(path: str) -> Secret:
+    """The password in ``path``: its first line, without the line end.
+
+    Raises ``OSError`` if it cannot be read and ``ValueError`` if it is
+    empty or not UTF-8 (the messages never hold the password).  Warns on
+    standard error when other users may read the file.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(64 * 1024)
+        mode = os.fstat(handle.fileno()).st_mode
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    password = text.split("\n", 1)[0].rstrip("\r")
+    if not password:
+        raise ValueError("its first line is empty")
+    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        sys.stderr.write(f"chatd-client: warning: other users can read {path} (chmod 600 it)\n")
+    return Secret(password)
+
+
 def main(reactor: Any, *argv: str) -> defer.Deferred[None]:
     """Run the client until it quits; fails with SystemExit on exit status 1."""
     from twisted.internet import stdio
@@ -999,6 +1527,20 @@ def main(reactor: Any, *argv: str) -> defer.Deferred[None]:
     except OSError as problem:
         sys.stderr.write(f"chatd-client: cannot read --cafile: {problem}\n")
         raise SystemExit(2)
+    password: Secret | None = None
+    if options["password-file"]:
+        try:
+            password = read_password_file(options["password-file"])
+        except (OSError, ValueError) as problem:
+            reason = problem.strerror if isinstance(problem, OSError) and problem.strerror else str(problem)
+            sys.stderr.write(f"chatd-client: cannot use --password-file {options['password-file']}: {reason}\n")
+            raise SystemExit(2)
+    keyboard = Keyboard.for_stdin()
+    if keyboard is not None:
+        # Echo back on however the client ends (a password prompt may be
+        # up): at exit, and when the reactor stops (SIGINT, SIGTERM).
+        atexit.register(keyboard.restore)
+        reactor.addSystemEventTrigger("before", "shutdown", keyboard.restore)
 
     def connect(session: ChatSession) -> defer.Deferred[Any]:
         connecting: defer.Deferred[Any] = connectProtocol(endpoint, ChatClientProtocol(session))
@@ -1011,6 +1553,8 @@ def main(reactor: Any, *argv: str) -> defer.Deferred[None]:
         name=options["name"],
         raw=options["raw"],
         describe=f"{options['host']}:{options['port']}",
+        keyboard=keyboard,
+        password_file=password,
     )
     stdio.StandardIO(UserInput(session), reactor=reactor)
     finished = session.start()

@@ -44,15 +44,46 @@ HELP = (
     ("/msg NAME TEXT", "send one direct message to NAME (/msg #ROOM TEXT: to a room)"),
     ("/topic [TEXT]", "show the current room's topic, or set it"),
     ("/names [#ROOM]", "who is in the current room (or that room)"),
-    ("/login NAME", "log in as NAME"),
+    ("/register NAME", "create the account NAME (asks for its password; does not log in)"),
+    ("/login NAME", "log in as NAME (asks for the password if the server has accounts; Enter alone: as a guest)"),
+    ("/password", "change your account's password (asks for the current and the new one)"),
+    ("/whoami", "who you are logged in as: an account or a guest"),
     ("/logout", "log out"),
+    ("/kick NAME [TEXT]", "put NAME out of the current room (room operators)"),
+    ("/ban NAME [TIME] [TEXT]", "ban NAME from the current room; TIME like 90, 30s, 10m, 2h, 1d, 1w (none: until /unban)"),
+    ("/unban NAME", "lift NAME's ban"),
+    ("/mute NAME [TIME]", "stop NAME talking in the current room (none: until /unmute)"),
+    ("/unmute NAME", "let NAME talk again"),
+    ("/op NAME", "make NAME an operator of the current room"),
+    ("/deop NAME", "take NAME's operator status away"),
+    ("/voice NAME", "let NAME talk in the current room when it is moderated"),
+    ("/devoice NAME", "take NAME's voice away"),
+    ("/mode [+FLAG|-FLAG ...]", "show the current room's modes, or set them: invite_only (i), topic_ops (t), moderated (m), secret (s), no_external (n)"),
+    ("/invite NAME", "invite NAME to the current room"),
+    ("/kick #ROOM NAME ...", "each of /kick to /invite acts on #ROOM when it comes first"),
     ("/help", "this list"),
     ("/quit", "log out and exit"),
     ("//TEXT", "send a line that starts with /"),
 )
 
 #: The commands in one line, for ``--help`` and error lines.
-COMMANDS = "/join #ROOM, /part [#ROOM], /rooms, /switch #ROOM|NAME, /msg NAME TEXT, /topic [TEXT], /names, /login NAME, /logout, /help, /quit"
+COMMANDS = (
+    "/join #ROOM, /part [#ROOM], /rooms, /switch #ROOM|NAME, /msg NAME TEXT, /topic [TEXT], /names, "
+    "/register NAME, /login NAME, /password, /whoami, /logout, "
+    "/kick, /ban, /unban, /mute, /unmute, /op, /deop, /voice, /devoice NAME, /mode [+FLAG|-FLAG], /invite NAME, "
+    "/help, /quit"
+)
+
+#: The moderation requests (PROTOCOL.md section 6.5) that name a user,
+#: each typed as ``/REQUEST [#ROOM] NAME ...``.
+MODERATION = ("kick", "ban", "unban", "mute", "unmute", "op", "deop", "voice", "devoice", "invite")
+
+#: A room's mode flags (section 6.2), with the letters ``/mode`` also takes.
+MODE_FLAGS = {"i": "invite_only", "t": "topic_ops", "m": "moderated", "s": "secret", "n": "no_external"}
+
+#: A ban's or a mute's length: a whole number, in seconds or with a unit.
+DURATION = re.compile(r"([0-9]{1,9})([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -239,18 +270,27 @@ class MessageParser:
         return [Line(ERROR, safe(response.get("content", "")))]
 
     def parse_info(self, response: dict[str, Any]) -> list[Line]:
-        """``info``: its sentence; a ``join``'s also the room's topic and
-        members, a topic read the topic and who set it."""
+        """``info``: its sentence; a ``join``'s also the room's topic,
+        members and any mode not at its default, a topic read the topic
+        and who set it, a ``mode`` read the room's modes.  What others did
+        to us (kicked, banned, muted: the keys ``room`` and ``by``) is a
+        notice, so it stands out."""
         room = response.get("room")
         if isinstance(room, str) and "topic" in response and "members" not in response:
             return [Line(INFO, _topic_read(room, response))]
-        lines = [Line(INFO, safe(response.get("content", "")))]
-        members = response.get("members")
+        kind = NOTICE if isinstance(room, str) and "by" in response else INFO
+        lines = [Line(kind, safe(response.get("content", "")))]
+        members, modes = response.get("members"), response.get("modes")
         if isinstance(room, str) and isinstance(members, list):
             topic = response.get("topic")
             if isinstance(topic, str) and topic:
                 lines.append(Line(INFO, f"Topic: {safe(topic)}"))
             lines.append(Line(INFO, f"Members: {_members(members, response.get('ops'), response.get('voiced'))}"))
+            unusual = {flag: value for flag, value in modes.items() if _MODE_DEFAULTS.get(flag) != value} if isinstance(modes, dict) else {}
+            if unusual:
+                lines.append(Line(INFO, f"Modes: {_modes(unusual)}"))
+        elif isinstance(room, str) and isinstance(modes, dict):
+            lines.append(Line(INFO, f"Modes: {_modes(modes) or 'none'}"))
         return lines
 
     def parse_message(self, response: dict[str, Any]) -> list[Line]:
@@ -266,19 +306,27 @@ class MessageParser:
                 sender = f"{sender} -> {safe(to)}"
             else:
                 sender = f"[{safe(room) if isinstance(room, str) else LOBBY}] {sender}"
-        if response.get("offline") is True:
+        mine = self.me is not None and isinstance(response.get("sender"), str) and fold(response["sender"]) == fold(self.me)
+        if response.get("offline") is True and mine:
+            # Our own DM to an account with no session (its copy, in the
+            # offline history it gets at login, carries the flag too).
             text += " (offline: delivered at their next login)"
         return [Line(MESSAGE, f"[{when}] {sender}: {text}")]
 
     def parse_history(self, response: dict[str, Any]) -> list[Line]:
         """``history``: each entry as a message; entries are JSON strings (v1)
         or objects (v2).  An entry of a room's history without its own
-        ``room`` is taken to be of that room."""
+        ``room`` is taken to be of that room.  A page of direct messages
+        (top-level ``with``: at login, those that came while we had no
+        session) starts with a line saying so, and ends with one if more
+        are waiting."""
         entries = response.get("content")
         if not isinstance(entries, list):
             return [Line(ERROR, "malformed history from server")]
-        room = response.get("room")
+        room, partner = response.get("room"), response.get("with")
         lines: list[Line] = []
+        if isinstance(partner, str) and entries:
+            lines.append(Line(NOTICE, f"Direct messages from {safe(partner)} while you were away:"))
         for entry in entries:
             if isinstance(entry, str):
                 lines.extend(self.parse(entry))
@@ -286,6 +334,8 @@ class MessageParser:
                 if isinstance(room, str) and isinstance(entry, dict) and "room" not in entry and "to" not in entry:
                     entry = dict(entry, room=room)
                 lines.extend(self.parse_response(entry))
+        if isinstance(partner, str) and entries and response.get("more") is True:
+            lines.append(Line(NOTICE, f"More direct messages from {safe(partner)} are waiting: they come at your next login."))
         return lines
 
     def parse_hello(self, response: dict[str, Any]) -> list[Line]:
@@ -345,14 +395,24 @@ class MessageParser:
         who, room = safe(content.get("by", "?")), safe(content.get("room", "?"))
         modes = content.get("modes")
         if isinstance(modes, dict):
-            changed = ", ".join(f"{safe(flag)} {'on' if value is True else 'off'}" for flag, value in modes.items())
-            return [Line(NOTICE, f"{who} set the modes of {room}: {changed}")]
+            return [Line(NOTICE, f"{who} set the modes of {room}: {_modes(modes)}")]
         for flag in ("op", "voice"):
             if flag in content:
                 given = content[flag] is True
-                target = safe(content.get("user", "?"))
-                return [Line(NOTICE, f"{who} {'gave' if given else 'took'} {flag} {'to' if given else 'from'} {target} in {room}")]
+                user = content.get("user", "?")
+                if self.me is not None and isinstance(user, str) and fold(user) == fold(self.me):
+                    return [Line(NOTICE, f"{who} {'gave you' if given else 'took your'} {flag} in {room}")]
+                return [Line(NOTICE, f"{who} {'gave' if given else 'took'} {flag} {'to' if given else 'from'} {safe(user)} in {room}")]
         return [Line(NOTICE, f"{who} changed the modes of {room}")]
+
+
+#: The modes of a new room (PROTOCOL.md section 6.2).
+_MODE_DEFAULTS = {"invite_only": False, "topic_ops": True, "moderated": False, "secret": False, "no_external": True}
+
+
+def _modes(modes: dict[Any, Any]) -> str:
+    """Mode flags as ``moderated on, secret off``, in the server's order."""
+    return ", ".join(f"{safe(flag)} {'on' if value is True else 'off'}" for flag, value in modes.items())
 
 
 def _topic_read(room: str, info: dict[str, Any]) -> str:
@@ -404,12 +464,17 @@ class Command:
 
     ``action`` is ``"request"`` (send ``request`` with ``content``),
     ``"switch"`` (make ``content`` the current target; ``None``: show
-    it), ``"help"``, ``"quit"``, ``"error"`` (print ``content``) or
-    ``"none"``.  The session turns a request into its wire form, since
-    some depend on the current target: a ``msg`` goes to ``target`` (a
-    room or a name; ``None``: the current target); a ``part``, ``names``
-    or ``topic`` whose ``content`` is ``None`` is about the current room.
-    For ``topic`` the content is the new topic, ``None`` to read it.
+    it), ``"help"``, ``"whoami"``, ``"quit"``, ``"error"`` (print
+    ``content``) or ``"none"``.  The session turns a request into its
+    wire form, since some depend on the current target: a ``msg`` goes to
+    ``target`` (a room or a name; ``None``: the current target); a
+    ``part``, ``names`` or ``topic`` whose ``content`` is ``None`` is
+    about the current room.  For ``topic`` the content is the new topic,
+    ``None`` to read it.  A moderation request (:data:`MODERATION`, and
+    ``mode``) has its content without ``room``, which is ``target`` or,
+    if ``None``, the current room.  ``login`` and ``register`` carry the
+    name; the session asks for passwords (they are never typed on a
+    command line).
     """
 
     action: str
@@ -436,6 +501,104 @@ def _target_argument(word: str, target: str) -> Command | None:
     return None
 
 
+def _user_argument(word: str, user: str) -> Command | None:
+    """An error if ``user`` is not a valid name (PROTOCOL.md section 6.4)."""
+    if USER_NAME.fullmatch(user) is None:
+        return Command("error", content=f"/{word}: '{safe(user)}' is not a user name.")
+    return None
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """The first word of ``text`` and the rest, both stripped."""
+    word, _, rest = text.strip().partition(" ")
+    return word, rest.strip()
+
+
+def duration_seconds(text: str) -> int | None:
+    """A typed duration (``90``, ``30s``, ``10m``, ``2h``, ``1d``, ``1w``)
+    in seconds, or None if ``text`` is not one."""
+    match = DURATION.fullmatch(text)
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _moderation(word: str, argument: str) -> Command:
+    """``/kick``, ``/ban``, ... : ``[#ROOM] NAME`` then, by command, a
+    TIME and a comment (``/invite NAME #ROOM`` works too, as in IRC)."""
+    room: str | None = None
+    first, rest = _first_word(argument)
+    if first.startswith("#"):
+        room, (first, rest) = first, _first_word(rest)
+    elif word == "invite":
+        second, after = _first_word(rest)
+        if second.startswith("#"):
+            room, rest = second, after
+    if room is not None:
+        checked = _room_argument(word, room)
+        if isinstance(checked, Command):
+            return checked
+    usage = {"kick": " [TEXT]", "ban": " [TIME] [TEXT]", "mute": " [TIME]"}.get(word, "")
+    if not first:
+        return Command("error", content=f"/{word} needs a NAME: /{word} [#ROOM] NAME{usage}")
+    problem = _user_argument(word, first)
+    if problem is not None:
+        return problem
+    content: dict[str, Any] = {"user": first}
+    if word in ("ban", "mute") and rest:
+        when, after = _first_word(rest)
+        seconds = duration_seconds(when)
+        if seconds is not None:
+            if seconds < 1:
+                return Command("error", content=f"/{word}: a TIME is 1 second or more.")
+            content["duration"] = seconds
+            rest = after
+    if word in ("kick", "ban"):
+        if rest:
+            content["comment"] = rest
+    elif rest:
+        return Command("error", content=f"/{word} takes [#ROOM] NAME{usage}, not '{safe(rest)}'.")
+    return Command("request", word, content, target=room)
+
+
+def _mode(argument: str) -> Command:
+    """``/mode [#ROOM] [+FLAG|-FLAG ...]``: a FLAG is a name (``+moderated``)
+    or letters (``+im -s``, :data:`MODE_FLAGS`)."""
+    room: str | None = None
+    words = argument.split()
+    if words and words[0].startswith("#"):
+        checked = _room_argument("mode", words.pop(0))
+        if isinstance(checked, Command):
+            return checked
+        room = checked
+    flags: dict[str, bool] = {}
+    names = set(MODE_FLAGS.values())
+    for word in words:
+        if word[:1] not in ("+", "-") or len(word) < 2:
+            return Command("error", content=f"/mode: '{safe(word)}' is not +FLAG or -FLAG (flags: {', '.join(MODE_FLAGS.values())}).")
+        if word[1:].replace("-", "_") in names:
+            flags[word[1:].replace("-", "_")] = word[0] == "+"
+            continue
+        on = True
+        for letter in word:
+            if letter in "+-":
+                on = letter == "+"
+            elif letter in MODE_FLAGS:
+                flags[MODE_FLAGS[letter]] = on
+            else:
+                return Command("error", content=f"/mode: no flag '{safe(letter)}' (i invite_only, t topic_ops, m moderated, s secret, n no_external).")
+    return Command("request", "mode", flags, target=room)
+
+
+def command_word(line: str) -> str | None:
+    """The command a typed line starts with (``/Login x``: ``login``), or
+    None for a message (a plain line, or ``//``)."""
+    line = line.rstrip("\r\n")
+    if not line.startswith("/") or line.startswith("//"):
+        return None
+    return line[1:].partition(" ")[0].lower()
+
+
 def parse_input(line: str) -> Command:
     """Turn one typed line into a :class:`Command`."""
     line = line.rstrip("\r\n")
@@ -452,10 +615,26 @@ def parse_input(line: str) -> Command:
         return Command("quit")
     if word == "help":
         return Command("help")
+    if word == "whoami":
+        return Command("whoami")
     if word == "login":
         if not argument:
             return Command("error", content=f"/login needs a NAME. Commands: {COMMANDS}")
         return Command("request", "login", argument)
+    if word == "register":
+        if not argument:
+            return Command("error", content="/register needs a NAME (the password is asked for).")
+        if " " in argument:
+            return Command("error", content="/register takes only a NAME: the password is asked for, never typed after it.")
+        return _user_argument(word, argument) or Command("request", "register", argument)
+    if word == "password":
+        if argument:
+            return Command("error", content="/password takes nothing: the passwords are asked for, never typed after it.")
+        return Command("request", "password")
+    if word in MODERATION:
+        return _moderation(word, argument)
+    if word == "mode":
+        return _mode(argument)
     if word == "msg":
         target, _, text = argument.partition(" ")
         text = text.strip()

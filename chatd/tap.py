@@ -16,7 +16,8 @@ from twisted.application import service, strports
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
-from chatd.accounts.service import AccountService
+from chatd.accounts.service import AccountService, AccountWriter
+from chatd.accounts.throttle import IAuthThrottle
 from chatd.fds import fit_connections
 from chatd.logs import json_observer
 from chatd.stores.history import HistoryError, HistoryStore, MemoryHistory, Retention, SQLiteHistory
@@ -272,12 +273,14 @@ def read_operators(path: str) -> frozenset[str]:
     return frozenset(line.strip().lower() for line in lines if line.strip() and not line.strip().startswith("#"))
 
 
-def make_accounts(options: Options, store: HistoryStore, reactor: Any) -> AccountService:
-    """The account service over the history store (``--accounts`` on)."""
+def make_accounts(options: Options, store: AccountWriter, reactor: Any, throttle: IAuthThrottle | None = None) -> AccountService:
+    """The account service over ``store`` (``--accounts`` on): the history
+    store, or a cluster's; ``throttle`` defaults to this process's."""
     from chatd.accounts.passwords import Passwords
     from chatd.accounts.throttle import LocalThrottle
 
-    throttle = LocalThrottle(reactor, register_rate=options["register-rate"])
+    if throttle is None:
+        throttle = LocalThrottle(reactor, register_rate=options["register-rate"])
     return AccountService(store, Passwords(reactor), throttle, reactor, min_password=options["min-password"])
 
 
@@ -338,13 +341,17 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    cluster_store = None
     if options["cluster"]:
-        from chatd.cluster.node import ClusterService, cluster_hub
+        from chatd.cluster.node import ClusterService, cluster_accounts, cluster_hub, cluster_throttle
 
-        if options["accounts"] != "off":
-            raise SystemExit("chatd: --accounts is not available with --cluster yet")
         hub = cluster_hub(reactor, options["cluster"], max_message=options["max-message"], **room_options(options))
         accounts = None
+        if options["accounts"] != "off":
+            # Accounts, bans, memberships and the throttle in Redis, shared by every node.
+            cluster_store = cluster_accounts(hub)
+            throttle = cluster_throttle(hub, reactor, options["register-rate"])
+            accounts = make_accounts(options, cluster_store, reactor, throttle)
     else:
         store = open_history(options)
         hub = Hub.local(reactor, store, max_message=options["max-message"], **room_options(options))
@@ -354,7 +361,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         if accounts is None:
             raise SystemExit("chatd: --operators needs --accounts optional or required")
         operators = read_operators(options["operators"])
-    if accounts is not None:
+    if cluster_store is not None:
+        from chatd.cluster.node import use_cluster_accounts
+
+        use_cluster_accounts(hub, cluster_store, operators, options["max-sessions"])
+    elif accounts is not None:
         hub.use_accounts(store, operators, options["max-sessions"])
     config = options.config()
     fits, files = fit_connections(config.max_connections)

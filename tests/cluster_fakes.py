@@ -11,6 +11,7 @@ is one node's connection to it, which a test can cut and restore.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -18,21 +19,40 @@ from twisted.internet.task import Clock
 
 from chatd.cluster.link import RedisUnavailable
 from chatd.cluster.scripts import (
+    ADD_MEMBERSHIP,
+    ADD_SESSION,
     CLAIM_NAME,
     COUNT_MEMBERS,
     CREATE_ROOM,
     DM_PUBLISH,
+    DROP_SESSION,
     ENTER_ROOM,
     LEAVE_ROOM,
+    LOAD_ACCOUNTS,
     LOAD_ROOMS,
+    LOGIN_ALLOWED,
+    LOGIN_FAILED,
+    MARK_DELIVERED,
     NODE_BEAT,
     PUBLISH,
     REASSERT_MEMBERS,
+    REFRESH_ACCOUNTS,
     REFRESH_NAMES,
     RELEASE_NAME,
+    REMOVE_MEMBERSHIP,
     REPAIR,
+    RESERVE_REGISTRATION,
+    SAVE_ACCOUNT,
+    SET_RESTRICTION,
     SWEEP_NODES,
+    TAKE_UNDELIVERED,
     UPDATE_ROOM,
+)
+
+#: The account scripts, run by :meth:`FakeRedis._account_script`.
+ACCOUNT_SCRIPTS = (
+    LOAD_ACCOUNTS, SAVE_ACCOUNT, SET_RESTRICTION, ADD_MEMBERSHIP, REMOVE_MEMBERSHIP, TAKE_UNDELIVERED, MARK_DELIVERED,
+    ADD_SESSION, DROP_SESSION, REFRESH_ACCOUNTS, LOGIN_ALLOWED, LOGIN_FAILED, RESERVE_REGISTRATION,
 )
 
 #: What an answer function returns for an XREAD that should block forever.
@@ -182,23 +202,170 @@ class FakeRedis:
             return self._rooms_script(script, keys, argv)
         if script in (ENTER_ROOM, LEAVE_ROOM, COUNT_MEMBERS, NODE_BEAT, REASSERT_MEMBERS, SWEEP_NODES):
             return self._members_script(script, keys, argv)
+        if script in ACCOUNT_SCRIPTS:
+            return self._account_script(script, keys, argv)
         raise AssertionError("an unknown script")
 
     def _dm_publish(self, keys: list[str], argv: list[str]) -> list[Any]:
         out: list[Any] = []
-        for m in range((len(argv) - 1) // 6):
-            sender, text, ts, node, token, conv = argv[1 + 6 * m: 7 + 6 * m]
+        kept_prefix, convs_prefix, keep = argv[1], argv[2], int(argv[3])
+        for m in range((len(argv) - 4) // 8):
+            sender, text, ts, node, token, conv, owners, offline_to = argv[4 + 8 * m: 12 + 8 * m]
             holder = self.get(keys[3 + 2 * m])
-            if holder is None or "|" not in holder:
+            if holder is not None and "|" in holder:
+                to, offline = holder.split("|", 1)[1], False
+            elif offline_to:
+                to, offline = offline_to, True
+            else:
                 out += [0, ""]
                 continue
-            to = holder.split("|", 1)[1]
             message_id = self.incr(keys[2 + 2 * m])
             n = self.incr(keys[0])
-            self.xadd(keys[1], f"{n}-1", ["conv", conv, "id", str(message_id), "sender", sender, "text", text,
-                                          "ts", ts, "to", to, "node", node, "token", token])
+            fields = ["conv", conv, "id", str(message_id), "sender", sender, "text", text, "ts", ts, "to", to,
+                      "node", node, "token", token]
+            self.xadd(keys[1], f"{n}-1", fields + (["offline", "1"] if offline else []))
+            kept = json.dumps({"id": str(message_id), "sender": sender, "to": to, "text": text, "ts": ts, "offline": offline})
+            for owner in owners.split():
+                place = self.zsets.setdefault(f"{kept_prefix}{owner}:{conv}", {})
+                place[kept] = message_id
+                for old in sorted(place, key=place.__getitem__)[: max(0, len(place) - keep)]:
+                    del place[old]
+                self.hashes.setdefault(convs_prefix + owner, {})[conv] = str(message_id)
             out += [message_id, to]
         return out
+
+    def _live_sessions(self, key: str, node: str, prefix: str) -> int:
+        counts = self.hashes.get(key, {})
+        for other in [other for other in counts if other != node and self.get(prefix + other) is None]:
+            del counts[other]
+        return sum(int(count) for count in counts.values())
+
+    def _account_script(self, script: str, keys: list[str], argv: list[str]) -> Any:
+        if script == LOAD_ACCOUNTS:
+            log = self.streams.get(keys[2], [])
+            flat = [[item for pair in self.hashes.get(key, {}).items() for item in pair] for key in keys[:2]]
+            return [log[-1][0] if log else "0-0", *flat]
+        if script == SAVE_ACCOUNT:
+            lower, text, name, _cap, node, refuse = argv
+            accounts = self.hashes.setdefault(keys[0], {})
+            exists = lower in accounts
+            if exists and refuse == "1":
+                return 0
+            accounts[lower] = text
+            if not exists:
+                self.hashes.setdefault(keys[1], {})[lower] = name
+                self.xadd(keys[2], "*", ["kind", "account", "key", lower, "name", name, "node", node])
+            return 1
+        if script == SET_RESTRICTION:
+            field, record, _cap, kind, room, name, by, node = argv
+            held = self.hashes.setdefault(keys[0], {})
+            changed = 1
+            if record:
+                held[field] = record
+            else:
+                changed = 1 if held.pop(field, None) is not None else 0
+            self.xadd(keys[1], "*", ["kind", kind, "room", room, "name", name, "record", record, "by", by, "node", node])
+            return changed
+        if script == ADD_MEMBERSHIP:
+            rooms = self.zsets.setdefault(keys[0], {})
+            if argv[0] not in rooms:
+                rooms[argv[0]] = self.incr(keys[2])
+            self.sets.setdefault(keys[1], {})[argv[1]] = None
+            return 1
+        if script == REMOVE_MEMBERSHIP:
+            self.zsets.get(keys[0], {}).pop(argv[0], None)
+            self.sets.get(keys[1], {}).pop(argv[1], None)
+            return 1
+        if script == TAKE_UNDELIVERED:
+            limit = int(argv[1])
+            marks = self.hashes.setdefault(keys[1], {})
+            out: list[Any] = []
+            for conv, newest in list(self.hashes.get(keys[0], {}).items()):
+                mark = int(marks.get(conv, "0"))
+                if int(newest) <= mark:
+                    continue
+                kept = self.zsets.get(argv[0] + conv, {})
+                page = [member for member, score in sorted(kept.items(), key=lambda item: item[1]) if score > mark][: limit + 1]
+                more = 1 if len(page) > limit else 0
+                page = page[:limit]
+                if page:
+                    marks[conv] = str(int(kept[page[-1]]))
+                    out += [conv, more, page]
+            return out
+        if script == MARK_DELIVERED:
+            for index in range(1, len(argv), 3):
+                owner, conv, last = argv[index: index + 3]
+                marks = self.hashes.setdefault(argv[0] + owner, {})
+                if int(last) > int(marks.get(conv, "0")):
+                    marks[conv] = last
+            return 1
+        if script == ADD_SESSION:
+            value, ttl, lower, node, most, prefix = argv
+            holder = self.get(keys[0])
+            if holder is not None and holder != value:
+                return [-1]
+            total = self._live_sessions(keys[3], node, prefix)
+            if total >= int(most):
+                return [-2]
+            counts = self.hashes.setdefault(keys[3], {})
+            counts[node] = str(int(counts.get(node, "0")) + 1)
+            self.set(keys[0], value, ttl)
+            users = self.zsets.setdefault(keys[2], {})
+            if lower not in users:
+                users[lower] = self.incr(keys[1])
+            return [1 if total == 0 else 0, int(users[lower])]
+        if script == DROP_SESSION:
+            value, lower, node, count, prefix = argv
+            counts = self.hashes.setdefault(keys[2], {})
+            left = 0 if count == "all" else int(counts.get(node, "0")) - 1
+            if left <= 0:
+                counts.pop(node, None)
+            else:
+                counts[node] = str(left)
+            if self._live_sessions(keys[2], node, prefix) > 0:
+                return 0
+            self.hashes.pop(keys[2], None)
+            if self.get(keys[0]) == value:
+                self._del(keys[0])
+            self.zsets.get(keys[1], {}).pop(lower, None)
+            return 1
+        if script == REFRESH_ACCOUNTS:
+            lost = []
+            ttl, node = argv[0], argv[1]
+            for index in range((len(keys) - 1) // 2):
+                name_key, sessions = keys[1 + 2 * index: 3 + 2 * index]
+                value, lower, login, count = argv[2 + 4 * index: 6 + 4 * index]
+                if self.get(name_key) in (None, value):
+                    self.set(name_key, value, ttl)
+                    self.zsets.setdefault(keys[0], {}).setdefault(lower, float(login))
+                    self.hashes.setdefault(sessions, {})[node] = count
+                else:
+                    lost.append(lower)
+            return lost
+        now, = argv[:1]
+        if script == LOGIN_ALLOWED:
+            window, limit = float(argv[1]), int(argv[2])
+            return 0 if any(self._in_window(key, float(now), window) >= limit for key in keys) else 1
+        if script == LOGIN_FAILED:
+            member, remembered = argv[2], int(argv[3])
+            for key in keys:
+                events = self.zsets.setdefault(key, {})
+                events[member] = float(now)
+                for old in sorted(events, key=events.__getitem__)[: max(0, len(events) - remembered)]:
+                    del events[old]
+            return 1
+        # RESERVE_REGISTRATION
+        window, rate, member = float(argv[1]), int(argv[2]), argv[3]
+        if self._in_window(keys[0], float(now), window) >= rate:
+            return 0
+        self.zsets.setdefault(keys[0], {})[member] = float(now)
+        return 1
+
+    def _in_window(self, key: str, now: float, window: float) -> int:
+        events = self.zsets.setdefault(key, {})
+        for member in [member for member, moment in events.items() if moment <= now - window]:
+            del events[member]
+        return len(events)
 
     def _rooms_script(self, script: str, keys: list[str], argv: list[str]) -> Any:
         records, revs = self.hashes.setdefault(keys[0], {}), self.hashes.setdefault(keys[1], {})
@@ -254,14 +421,21 @@ class FakeRedis:
         # SWEEP_NODES
         node_prefix, set_prefix, members_prefix, presence_prefix = argv[:4]
         removed: list[str] = []
-        for node in list(self.sets.get(keys[0], {})):
+        nodes = list(self.sets.get(keys[0], {}))
+        for node in nodes:
             if self.get(node_prefix + node) is not None:
                 continue
             for entry in list(self.sets.pop(set_prefix + node, {})):
                 room, _, member = entry.partition(" ")
-                if self.zsets.get(members_prefix + room, {}).pop(member, None) is not None:
+                members = self.zsets.get(members_prefix + room, {})
+                if members.pop(member, None) is not None:
                     name = member.split("|", 1)[1]
-                    self.xadd(presence_prefix + room, "*", ["user", name, "status", "offline", "node", node])
+                    elsewhere = any(
+                        other != node and self.get(node_prefix + other) is not None and f"{other}|{name}" in members
+                        for other in nodes
+                    )
+                    if not elsewhere:
+                        self.xadd(presence_prefix + room, "*", ["user", name, "status", "offline", "node", node])
                     removed += [room, name]
             self.sets[keys[0]].pop(node, None)
         return removed
@@ -295,6 +469,31 @@ class FakeRedis:
 
     def _zrange(self, key: str, start: str, stop: str) -> list[str]:
         return [member for member, _ in sorted(self.zsets.get(key, {}).items(), key=lambda item: item[1])]
+
+    def _set(self, key: str, value: str, *options: str) -> str:
+        self.set(key, value, options[1] if options[:1] == ("PX",) else None)
+        return "OK"
+
+    def _get(self, key: str) -> str | None:
+        return self.get(key)
+
+    def _hget(self, key: str, field: str) -> str | None:
+        return self.hashes.get(key, {}).get(field)
+
+    def _hgetall(self, key: str) -> list[str]:
+        return [item for pair in self.hashes.get(key, {}).items() for item in pair]
+
+    def _smembers(self, key: str) -> list[str]:
+        return list(self.sets.get(key, {}))
+
+    def _zrangebyscore(self, key: str, low: str, high: str, *limit: str) -> list[str]:
+        found = [member for member, score in sorted(self.zsets.get(key, {}).items(), key=lambda item: item[1])
+                 if _score_above(score, low) and _score_below(score, high)]
+        return found[int(limit[1]): int(limit[1]) + int(limit[2])] if limit else found
+
+    def _zrevrangebyscore(self, key: str, high: str, low: str, *limit: str) -> list[str]:
+        found = self._zrangebyscore(key, low, high)[::-1]
+        return found[int(limit[1]): int(limit[1]) + int(limit[2])] if limit else found
 
     def _zrem(self, key: str, member: str) -> int:
         return 1 if self.zsets.get(key, {}).pop(member, None) is not None else 0
@@ -357,6 +556,18 @@ def _above(stream_id: str, low: str) -> bool:
     if low.startswith("("):
         return _order(stream_id) > _order(low[1:])
     return _order(stream_id) >= _order(low)
+
+
+def _score_above(score: float, low: str) -> bool:
+    if low == "-inf":
+        return True
+    return score > float(low[1:]) if low.startswith("(") else score >= float(low)
+
+
+def _score_below(score: float, high: str) -> bool:
+    if high == "+inf":
+        return True
+    return score < float(high[1:]) if high.startswith("(") else score <= float(high)
 
 
 def _below(stream_id: str, high: str) -> bool:

@@ -5,7 +5,9 @@ ones: :mod:`~chatd.cluster.names` (who holds which name),
 :mod:`~chatd.cluster.bus` (ids, order, storage and delivery of messages
 and direct messages; presence and room events), :mod:`~chatd.cluster.rooms`
 (rooms' records and every node's members), :mod:`~chatd.cluster.history`
-(reading the streams), over
+(reading the streams), :mod:`~chatd.cluster.accounts` (accounts, bans,
+mutes, memberships, kept DMs and the login throttle, with ``--accounts``),
+over
 :mod:`~chatd.cluster.link` (txredisapi connections that fail fast).
 :mod:`~chatd.cluster.scripts` has the keys and Lua scripts,
 :mod:`~chatd.cluster.entries` the reading of entries anyone may have

@@ -9,8 +9,10 @@ increasing across all nodes.  Each entry carries the publishing node and
 a token; the publisher does *not* deliver.  Direct messages go, in one
 call per turn, to the one stream every node reads
 (:data:`~chatd.cluster.scripts.DM_PUBLISH`): the script takes each id
-from the conversation's own sequence, and refuses a message whose
-recipient's name nobody holds (``no_such_user``).
+from the conversation's own sequence, refuses a message whose
+recipient's name nobody holds (``no_such_user``) unless it is an
+account's that may be offline (its entry then says ``offline``), and
+keeps the message for each side that is an account, in the same step.
 
 **Reading**: every node, the publisher included, reads the streams of
 the rooms it *watches* (those with a member on this node, and
@@ -78,6 +80,8 @@ from chatd.cluster.entries import (
 )
 from chatd.cluster.link import CALL_TIMEOUT, READ_BLOCK, Link, RedisUnavailable, cluster_busy
 from chatd.cluster.scripts import (
+    DM_CONVS_PREFIX,
+    DM_KEPT_PREFIX,
     DM_PUBLISH,
     DM_SEQ,
     DM_STREAM,
@@ -102,6 +106,8 @@ STREAM_MAXLEN = 100_000
 #: to every node (a node cut off catches up from it); nobody reads them
 #: as history.
 DM_MAXLEN = 10_000
+#: DMs kept per account and conversation (the oldest go beyond).
+DM_KEEP = 100_000
 #: Entries kept per presence stream (approximately).
 PRESENCE_MAXLEN = 1000
 #: Entries kept in a node's wake stream, and how long it outlives its last use (ms).
@@ -425,8 +431,15 @@ class RedisBus:
             self._pending[token] = _Pending(draft, draft.room)
             tokens.append(token)
             keys += [seq_key(draft.room), name_key(str(draft.to).lower())]
-            fields += [draft.sender, draft.text, draft.timestamp, self.node, token, draft.room]
-        d = self.commands.call("EVAL", DM_PUBLISH, str(2 + len(keys)), DM_SEQ, DM_STREAM, *keys, str(DM_MAXLEN), *fields)
+            # Kept for its sides that are accounts; to an account that may
+            # be offline, accepted even if nobody holds its name.
+            owners = " ".join(owner.lower() for owner in draft.owners)
+            offline = str(draft.to) if draft.offline else ""
+            fields += [draft.sender, draft.text, draft.timestamp, self.node, token, draft.room, owners, offline]
+        d = self.commands.call(
+            "EVAL", DM_PUBLISH, str(2 + len(keys)), DM_SEQ, DM_STREAM, *keys,
+            str(DM_MAXLEN), DM_KEPT_PREFIX, DM_CONVS_PREFIX, str(DM_KEEP), *fields,
+        )
         d.addCallbacks(self._published_direct, self._publish_failed, callbackArgs=(tokens,), errbackArgs=(tokens,))
 
     def _published_direct(self, reply: Any, tokens: list[str]) -> None:

@@ -159,7 +159,8 @@ def parse_dm(entry: Any, max_text: int) -> tuple[StoredMessage, str, str]:
     _check_text(text, max_text)
     if not _TIMESTAMP.fullmatch(timestamp):
         raise BadEntry("its ts is not a protocol timestamp")
-    message = StoredMessage(int(raw_id), conv, sender, text, timestamp, to=to)
+    # Sent to an account with no session: its sender's echo says so.
+    message = StoredMessage(int(raw_id), conv, sender, text, timestamp, to=to, offline=fields.get("offline") == "1")
     return message, fields.get("node", ""), fields.get("token", "")
 
 

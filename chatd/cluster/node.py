@@ -8,6 +8,12 @@
 reader); :class:`ClusterService` connects them, runs the read loop and
 the heartbeat (names, this node's liveness, the sweep of dead nodes'
 members), and on stop gives the names up and disconnects.
+
+With accounts (``--accounts`` with ``--cluster``), :func:`cluster_accounts`
+adds :class:`~chatd.cluster.accounts.RedisAccounts` (its log read with the
+messages, like the rooms' records) and :func:`use_cluster_accounts` puts
+it under the hub and its moderation; the login throttle is a
+:class:`~chatd.cluster.accounts.RedisThrottle` on the same connection.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from chatd.cluster.accounts import RedisAccounts, RedisThrottle
 from chatd.cluster.bus import RedisBus
 from chatd.cluster.entries import SkipLog
 from chatd.cluster.history import RedisHistory
 from chatd.cluster.link import Link, RedisLink
 from chatd.cluster.names import HEARTBEAT, RedisNames
 from chatd.cluster.rooms import RedisRooms
-from chatd.cluster.scripts import ROOM_LOG
+from chatd.cluster.scripts import ACCOUNT_LOG, ROOM_LOG
 from chatd.core.hub import Hub
 from chatd.metrics import Metrics
 
@@ -58,7 +65,38 @@ def hub_on_links(
     # The rooms' records are loaded before the node is ready, and kept
     # fresh from their log, read with the messages.
     bus.follow(ROOM_LOG, directory.start, directory.handle)
-    return Hub(clock, history, names, bus, max_message=max_message, metrics=metrics, directory=directory, **options)
+    hub = Hub(clock, history, names, bus, max_message=max_message, metrics=metrics, directory=directory, **options)
+    # An account's sessions may be on any node: counted, and its presence
+    # decided, in Redis.
+    hub.account_sessions = names
+    return hub
+
+
+def cluster_accounts(hub: Hub) -> RedisAccounts:
+    """The account store of a clustered hub (built by :func:`hub_on_links`),
+    its names, bans and mutes loaded before the node is ready and kept
+    fresh from their log; call before the :class:`ClusterService` starts."""
+    if not isinstance(hub.bus, RedisBus):
+        raise TypeError("cluster_accounts wants a hub built by cluster_hub()")
+    store = RedisAccounts(hub.bus.commands, hub.bus.node)
+    hub.bus.follow(ACCOUNT_LOG, store.start, store.handle)
+    return store
+
+
+def cluster_throttle(hub: Hub, clock: IReactorTime, register_rate: int) -> RedisThrottle:
+    """The login throttle and registration rate of a clustered hub, shared by every node."""
+    if not isinstance(hub.bus, RedisBus):
+        raise TypeError("cluster_throttle wants a hub built by cluster_hub()")
+    return RedisThrottle(hub.bus.commands, clock, hub.bus.node, register_rate=register_rate)
+
+
+def use_cluster_accounts(hub: Hub, store: RedisAccounts, operators: frozenset[str] = frozenset(), max_sessions: int = 8) -> None:
+    """Accounts on for a clustered hub: ``store`` keeps them, their rooms,
+    DMs, bans and mutes; the hub asks its copy of the names at once."""
+    hub.use_accounts(store, operators, max_sessions, spelling=store.account_name)
+    hub.moderation.store = store
+    # Another node's ban or mute: this node's cached mutes are read again.
+    store.on_change = hub.moderation.restrictions_changed
 
 
 def cluster_hub(reactor: Any, url: str, max_message: int = 2000, metrics: Metrics | None = None, **options: Any) -> Hub:

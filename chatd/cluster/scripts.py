@@ -27,6 +27,17 @@ lower-cased names by login sequence, from ``chatd:loginseq``).  Per node:
 entries in ``chatd:nodes``, ``chatd:nodemembers:<node>`` (the room
 memberships to remove when it dies: ``<room key> <node>|<Name>``) and
 ``chatd:wake:<node>`` (a tiny stream that ends its blocking read early).
+
+Accounts (with ``--accounts``): ``chatd:accounts`` (lower-cased name ->
+the record's JSON, a PHC hash and no password), ``chatd:accountnames``
+(-> the name as registered), ``chatd:restrictions`` (bans and mutes),
+``chatd:accountlog`` (the stream every node follows: new accounts, bans
+and mutes set or lifted), ``chatd:memberships:<account>`` (its rooms by
+join order) and ``chatd:roomaccounts:<room>``, the DMs kept per owner
+(``chatd:dmkept:<owner>:<conversation>``, ``chatd:dmconvs:<owner>``) and
+its delivery marks (``chatd:dmmarks:<owner>``), ``chatd:sessions:<lower>``
+(an account's sessions per node: its name key then holds ``*|<Name>``),
+and the throttle's windows ``chatd:throttle:<kind>:<who>``.
 """
 
 from __future__ import annotations
@@ -199,29 +210,50 @@ return 1
 
 # Direct messages, a batch: KEYS[1], KEYS[2] the DM stream's sequence and
 # stream, then per message its conversation's sequence and the recipient's
-# name key; ARGV[1] the stream cap, then six fields per message (sender,
-# text, timestamp, node, token, conversation key).  A recipient whose
-# name nobody holds gets nothing (no id is taken); the others' messages
-# get the conversation's next id and carry the recipient's name as its
-# holder logged in.  Returns two items per message: the id (0: refused)
-# and that name.  The stream is repaired as PUBLISH repairs a room's.
+# name key; ARGV[1] the stream cap, ARGV[2] and ARGV[3] the prefixes of the
+# kept DMs' keys and of the owners' conversations, ARGV[4] how many DMs are
+# kept per owner and conversation, then eight fields per message (sender,
+# text, timestamp, node, token, conversation key, its owners: the sides
+# that are accounts, lower-cased and space-separated, and offline: the
+# recipient's name if it is an account that may be offline, else "").
+# A recipient whose name nobody holds gets nothing (no id is taken)
+# unless offline is given: then the message is kept for its owners and
+# its entry says so.  The others' messages get the conversation's next id
+# and carry the recipient's name as its holder logged in.  Each owner
+# keeps the message (a JSON object, in a sorted set by id, the oldest
+# dropped beyond the cap) and its conversation's newest id.  Returns two
+# items per message: the id (0: refused) and the recipient's name.  The
+# stream is repaired as PUBLISH repairs a room's.
 DM_PUBLISH = REPAIR_FUNCTIONS + """
 local seq = redis.call('GET', KEYS[1])
 if seq and not (string.match(seq, '^%d+$') and #seq <= 15) then repair(KEYS[1], KEYS[2], true) end
+local keep = tonumber(ARGV[4])
 local out = {}
-local count = (#ARGV - 1) / 6
+local count = (#ARGV - 4) / 8
 for m = 0, count - 1 do
-  local a = 2 + m * 6
+  local a = 5 + m * 8
   local holder = redis.call('GET', KEYS[4 + m * 2])
   local bar = holder and string.find(holder, '|', 1, true)
-  if not bar then
+  local to = nil
+  local offline = false
+  if bar then
+    to = string.sub(holder, bar + 1)
+  elseif ARGV[a + 7] ~= '' then
+    to = ARGV[a + 7]
+    offline = true
+  end
+  if not to then
     out[#out + 1] = 0
     out[#out + 1] = ''
   else
-    local to = string.sub(holder, bar + 1)
     local id = redis.call('INCR', KEYS[3 + m * 2])
-    local fields = {'conv', ARGV[a + 5], 'id', string.format('%d', id), 'sender', ARGV[a], 'text', ARGV[a + 1],
+    local number = string.format('%d', id)
+    local fields = {'conv', ARGV[a + 5], 'id', number, 'sender', ARGV[a], 'text', ARGV[a + 1],
                     'ts', ARGV[a + 2], 'to', to, 'node', ARGV[a + 3], 'token', ARGV[a + 4]}
+    if offline then
+      fields[#fields + 1] = 'offline'
+      fields[#fields + 1] = '1'
+    end
     local n = redis.call('INCR', KEYS[1])
     local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-1', n), unpack(fields))
     if type(added) == 'table' and added.err then
@@ -229,6 +261,17 @@ for m = 0, count - 1 do
       repair(KEYS[1], KEYS[2], true)
       n = redis.call('INCR', KEYS[1])
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-1', n), unpack(fields))
+    end
+    if ARGV[a + 6] ~= '' then
+      local kept = cjson.encode({id = number, sender = ARGV[a], to = to, text = ARGV[a + 1], ts = ARGV[a + 2],
+                                 offline = offline})
+      for owner in string.gmatch(ARGV[a + 6], '%S+') do
+        local place = ARGV[2] .. owner .. ':' .. ARGV[a + 5]
+        redis.call('ZADD', place, id, kept)
+        local size = redis.call('ZCARD', place)
+        if size > keep then redis.call('ZREMRANGEBYRANK', place, 0, size - keep - 1) end
+        redis.call('HSET', ARGV[3] .. owner, ARGV[a + 5], number)
+      end
     end
     out[#out + 1] = id
     out[#out + 1] = to
@@ -337,14 +380,26 @@ return back
 """
 
 # Remove the members of dead nodes (whose key expired) from their rooms,
-# telling each room they went offline.  KEYS: the nodes set; ARGV: the
-# prefixes of node keys, node membership sets, rooms' member sets and
-# presence streams, then the presence cap.  The keys it touches beyond
-# KEYS are found in Redis (a single Redis, not Redis Cluster).  Returns
-# two items per removed member: the room key and the name.
+# telling each room they went offline, unless the name is still a member
+# there through a live node (an account's sessions on several nodes).
+# KEYS: the nodes set; ARGV: the prefixes of node keys, node membership
+# sets, rooms' member sets and presence streams, then the presence cap.
+# The keys it touches beyond KEYS are found in Redis (a single Redis, not
+# Redis Cluster).  Returns two items per removed member: the room key and
+# the name.
 SWEEP_NODES = """
 local removed = {}
-for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+local nodes = redis.call('SMEMBERS', KEYS[1])
+local function elsewhere(room, node, name)
+  for _, other in ipairs(nodes) do
+    if other ~= node and redis.call('EXISTS', ARGV[1] .. other) == 1
+       and redis.call('ZSCORE', ARGV[3] .. room, other .. '|' .. name) then
+      return true
+    end
+  end
+  return false
+end
+for _, node in ipairs(nodes) do
   if redis.call('EXISTS', ARGV[1] .. node) == 0 then
     local set = ARGV[2] .. node
     for _, entry in ipairs(redis.call('SMEMBERS', set)) do
@@ -355,7 +410,9 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         if redis.call('ZREM', ARGV[3] .. room, member) == 1 then
           local bar = string.find(member, '|', 1, true) or 0
           local name = string.sub(member, bar + 1)
-          redis.call('XADD', ARGV[4] .. room, 'MAXLEN', '~', ARGV[5], '*', 'user', name, 'status', 'offline', 'node', node)
+          if not elsewhere(room, node, name) then
+            redis.call('XADD', ARGV[4] .. room, 'MAXLEN', '~', ARGV[5], '*', 'user', name, 'status', 'offline', 'node', node)
+          end
           removed[#removed + 1] = room
           removed[#removed + 1] = name
         end
@@ -366,4 +423,283 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 return removed
+"""
+
+
+# == accounts (PROTOCOL.md sections 6.3 to 6.5, 6.8) ==========================
+
+#: Accounts: lower-cased name -> the record's JSON (name, PHC hash, created).
+ACCOUNTS_KEY = "chatd:accounts"
+#: Accounts' names as registered, by lower-cased name (what every node caches).
+ACCOUNT_NAMES_KEY = "chatd:accountnames"
+#: Bans and mutes: "<kind> <room key> <name key>" -> the restriction's JSON.
+RESTRICTIONS_KEY = "chatd:restrictions"
+#: The stream every node follows: accounts created, bans and mutes set or lifted.
+ACCOUNT_LOG = "chatd:accountlog"
+#: The sequence that keeps accounts' rooms in the order they were joined.
+MEMBERSHIP_SEQ_KEY = "chatd:membershipseq"
+#: Kept DMs: ``<prefix><owner>:<conversation>``, a sorted set of JSON by id.
+DM_KEPT_PREFIX = "chatd:dmkept:"
+#: ``<prefix><owner>``: a hash of the owner's conversations -> their newest kept id.
+DM_CONVS_PREFIX = "chatd:dmconvs:"
+#: ``<prefix><owner>``: a hash of the owner's conversations -> the newest id delivered.
+DM_MARKS_PREFIX = "chatd:dmmarks:"
+#: What an account's name key holds (``<ACCOUNT_HOLDER>|<Name>``): no node
+#: owns it, every node with a session of the account refreshes it.
+ACCOUNT_HOLDER = "*"
+
+
+def memberships_key(account: str) -> str:
+    """The rooms an account is in: a sorted set of room keys by join sequence."""
+    return f"chatd:memberships:{account}"
+
+
+def room_accounts_key(room: str) -> str:
+    """The accounts in a room (a set of lower-cased names)."""
+    return f"chatd:roomaccounts:{room}"
+
+
+def sessions_key(account: str) -> str:
+    """An account's sessions: a hash of node -> how many it has there."""
+    return f"chatd:sessions:{account}"
+
+
+def throttle_key(kind: str, who: str) -> str:
+    """A throttle's window of ``kind`` (``address``, ``account``, ``register``) for ``who``."""
+    return f"chatd:throttle:{kind}:{who}"
+
+
+# Every account's name, every ban and mute, and where the log ends (read
+# from there).  KEYS: the names hash, the restrictions hash, the log.
+LOAD_ACCOUNTS = """
+local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local position = '0-0'
+if #top > 0 then position = top[1][1] end
+return {position, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+# Keep an account.  KEYS: the accounts hash, the names hash, the log;
+# ARGV: the lower-cased name, the record's JSON, the name as registered,
+# the log cap, the node, and "1" to refuse a name that is an account
+# already (a registration) or "0" to replace it (a new password hash).
+# A new account goes to the log.  Returns 1 if kept, 0 if refused.
+SAVE_ACCOUNT = """
+local exists = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+if exists and ARGV[6] == '1' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not exists then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'account', 'key', ARGV[1], 'name', ARGV[3],
+             'node', ARGV[5])
+end
+return 1
+"""
+
+# Set (ARGV[2] a JSON record) or lift (ARGV[2] "") a ban or a mute, and
+# log it.  KEYS: the restrictions hash, the log; ARGV: the field
+# ("<kind> <room key> <name key>"), the record or "", the log cap, the
+# kind, the room, the name, who did it, the node.  Returns 1 if a
+# restriction was set or lifted, 0 if there was none to lift.
+SET_RESTRICTION = """
+local changed = 1
+if ARGV[2] == '' then
+  changed = redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', ARGV[4], 'room', ARGV[5], 'name', ARGV[6],
+           'record', ARGV[2], 'by', ARGV[7], 'node', ARGV[8])
+return changed
+"""
+
+# An account is in a room (one already in it keeps its place).  KEYS: its
+# rooms, the room's accounts, the sequence; ARGV: the room key, the account.
+ADD_MEMBERSHIP = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+# An account left a room.  KEYS: its rooms, the room's accounts; ARGV:
+# the room key, the account.
+REMOVE_MEMBERSHIP = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# The DMs kept for an owner above its marks, taken: the marks move past
+# what is returned in the same step, so two logins at once (on any nodes)
+# never get the same DM.  KEYS: the owner's conversations, its marks;
+# ARGV: the prefix of its kept DMs' keys (``<DM_KEPT_PREFIX><owner>:``),
+# how many per conversation.  Returns three items per conversation with
+# DMs to give: its key, 1 if more wait beyond them (else 0), and the DMs
+# (JSON, oldest first).
+TAKE_UNDELIVERED = """
+local limit = tonumber(ARGV[2])
+local out = {}
+local convs = redis.call('HGETALL', KEYS[1])
+for i = 1, #convs, 2 do
+  local conv = convs[i]
+  local mark = tonumber(redis.call('HGET', KEYS[2], conv) or '0') or 0
+  if (tonumber(convs[i + 1]) or 0) > mark then
+    local page = redis.call('ZRANGEBYSCORE', ARGV[1] .. conv, '(' .. string.format('%d', mark), '+inf',
+                            'LIMIT', 0, limit + 1)
+    local more = 0
+    if #page > limit then
+      more = 1
+      table.remove(page)
+    end
+    if #page > 0 then
+      local last = redis.call('ZSCORE', ARGV[1] .. conv, page[#page])
+      redis.call('HSET', KEYS[2], conv, string.format('%d', tonumber(last)))
+      out[#out + 1] = conv
+      out[#out + 1] = more
+      out[#out + 1] = page
+    end
+  end
+end
+return out
+"""
+
+# Raise delivery marks (a mark never goes back).  ARGV: the marks' key
+# prefix, then (owner, conversation, id) for each.
+MARK_DELIVERED = """
+for i = 2, #ARGV, 3 do
+  local key = ARGV[1] .. ARGV[i]
+  local id = tonumber(ARGV[i + 2])
+  local mark = tonumber(redis.call('HGET', key, ARGV[i + 1]) or '0') or 0
+  if id > mark then redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2]) end
+end
+return 1
+"""
+
+# -- an account's sessions on every node --------------------------------------
+
+# Counts sessions on live nodes (a dead node's count is dropped: its key,
+# ``<node key prefix><node>``, expired).  Shared by the scripts below.
+SESSION_FUNCTIONS = """
+local function live_sessions(hash, node, prefix)
+  local total = 0
+  local fields = redis.call('HGETALL', hash)
+  for i = 1, #fields, 2 do
+    if fields[i] ~= node and redis.call('EXISTS', prefix .. fields[i]) == 0 then
+      redis.call('HDEL', hash, fields[i])
+    else
+      total = total + (tonumber(fields[i + 1]) or 0)
+    end
+  end
+  return total
+end
+"""
+
+# One more session of an account on a node.  KEYS: the name key, the
+# login sequence, the users set, the account's sessions; ARGV: the value
+# (``*|<Name>``), the expiry (ms), the lower-cased name, the node, the
+# most sessions, the node keys' prefix.  Returns {1, seq} for the
+# account's first session anywhere, {0, seq} for another, {-1} when a
+# guest holds the name, {-2} when the account has the most sessions.
+ADD_SESSION = SESSION_FUNCTIONS + """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return {-1} end
+local total = live_sessions(KEYS[4], ARGV[4], ARGV[6])
+if total >= tonumber(ARGV[5]) then return {-2} end
+redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local seq = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if not seq then
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[3], seq, ARGV[3])
+end
+local first = 0
+if total == 0 then first = 1 end
+return {first, tonumber(seq)}
+"""
+
+# A session of an account on a node ended (ARGV[4] "1"), or all of them
+# (ARGV[4] "all": the node stops).  KEYS: the name key, the users set,
+# the account's sessions; ARGV: the value, the lower-cased name, the node,
+# "1" or "all", the node keys' prefix.  After the account's last session
+# anywhere the name is free: returns 1 then, else 0.
+DROP_SESSION = SESSION_FUNCTIONS + """
+if ARGV[4] == 'all' then
+  redis.call('HDEL', KEYS[3], ARGV[3])
+elseif redis.call('HINCRBY', KEYS[3], ARGV[3], -1) <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[3])
+end
+if live_sessions(KEYS[3], ARGV[3], ARGV[5]) > 0 then return 0 end
+redis.call('DEL', KEYS[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# A node's heartbeat for its accounts: each name refreshed (taken again
+# if it expired meanwhile, back in the login order), and the node's count
+# of the account's sessions set.  KEYS: the users set, then per account
+# its name key and its sessions; ARGV: the expiry (ms), the node, then
+# per account (value, lower-cased name, login sequence, sessions here).
+# Returns the names a guest took meanwhile.
+REFRESH_ACCOUNTS = """
+local lost = {}
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local name_key, sessions = KEYS[2 + i * 2], KEYS[3 + i * 2]
+  local a = 3 + i * 4
+  local value = redis.call('GET', name_key)
+  if value == false or value == ARGV[a] then
+    redis.call('SET', name_key, ARGV[a], 'PX', ARGV[1])
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[a + 2], ARGV[a + 1])
+    redis.call('HSET', sessions, ARGV[2], ARGV[a + 3])
+    redis.call('PEXPIRE', sessions, ARGV[1])
+  else
+    table.insert(lost, ARGV[a + 1])
+  end
+end
+return lost
+"""
+
+# -- the login throttle and the registration rate ------------------------------
+
+# Events older than the window leave it first.  Shared by the scripts below.
+WINDOW_FUNCTIONS = """
+local function in_window(key, now, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  return redis.call('ZCARD', key)
+end
+"""
+
+# Whether a login may be checked: KEYS: the address's and the account's
+# failures; ARGV: now (s), the window (s), the failures that refuse.
+# Returns 1 (allowed) or 0.
+LOGIN_ALLOWED = WINDOW_FUNCTIONS + """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for _, key in ipairs(KEYS) do
+  if in_window(key, now, window) >= limit then return 0 end
+end
+return 1
+"""
+
+# A failed login: KEYS: the address's and the account's failures; ARGV:
+# now (s), the window (ms), a member unique to this failure, the most
+# remembered per key.
+LOGIN_FAILED = """
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[1], ARGV[3])
+  redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[4]) + 1))
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return 1
+"""
+
+# Take one of an address's registrations: KEYS: its registrations; ARGV:
+# now (s), the window (s), the rate, a member for this one, the window
+# (ms).  Returns 1 if taken, 0 if none is left.
+RESERVE_REGISTRATION = WINDOW_FUNCTIONS + """
+if in_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
 """

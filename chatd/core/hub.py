@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -86,6 +86,22 @@ def is_valid_name(name: object) -> bool:
 def not_in_room(record: RoomRecord) -> ChatError:
     """``not_in_room`` for ``record``'s room."""
     return ChatError(messages.NOT_IN_ROOM, f"You are not in {record.name}.")
+
+
+class SharedSessions(Protocol):
+    """An account's sessions counted on every node of a cluster (its
+    name registry, :class:`chatd.cluster.names.RedisNames`): a single
+    node counts its own."""
+
+    def add_account_session(self, name: str, max_sessions: int, on_lost: Callable[[], object] | None = None) -> Deferred[bool]:
+        """One more session of the account here; fires with whether it
+        is its first anywhere (``name_taken``, ``forbidden``: too many)."""
+
+    def drop_account_session(self, name: str) -> Deferred[bool]:
+        """A session of the account here ended; fires with whether it was its last anywhere."""
+
+    def holder(self, name: str) -> Deferred[str | None]:
+        """``name`` as its holder logged in, if a session holds it now on any node."""
 
 
 @dataclass
@@ -154,6 +170,15 @@ class Hub:
         self.max_sessions = 8
         #: Keeps an account's rooms across sessions (a HistoryStore), if accounts are on.
         self.memberships: Any = None
+        #: An account's name as registered, or None (set with accounts).
+        self._spelling: Callable[[str], str | None] = lambda lower: None
+        #: Where an account's sessions may be on several nodes (a cluster
+        #: sets it): its sessions are counted there, and its presence
+        #: follows its first and last session anywhere.
+        self.account_sessions: SharedSessions | None = None
+        # DMs given to a session at its login, per conversation: the same
+        # ones coming live afterwards (a cluster's stream) are not given twice.
+        self._given: dict[ISession, dict[str, int]] = {}
         self.moderation = Moderation(self)
         self.metrics.watch_rooms(self.room_count)
         bus.subscribe(self)
@@ -172,10 +197,29 @@ class Hub:
         hub.moderation.store = store  # bans and mutes are kept with history
         return hub
 
-    def use_accounts(self, store: Any, operators: frozenset[str] = frozenset(), max_sessions: int = 8) -> None:
+    def use_accounts(
+        self,
+        store: Any,
+        operators: frozenset[str] = frozenset(),
+        max_sessions: int = 8,
+        spelling: Callable[[str], str | None] | None = None,
+    ) -> None:
         """Accounts are on (section 6.4): ``store`` knows them and keeps
-        their rooms; ``operators`` are the server operators' names."""
-        self.is_account = lambda lower: store.load_account(lower) is not None
+        their rooms; ``operators`` are the server operators' names.
+
+        ``spelling(lower)``, an account's name as registered or None,
+        answers at once where ``store`` answers later (a cluster's, from
+        its copy of the names); by default the store is asked.
+        """
+        if spelling is None:
+
+            def spelling(lower: str) -> str | None:
+                record = store.load_account(lower)
+                return None if record is None else str(record.name)
+
+        known = spelling
+        self._spelling = known
+        self.is_account = lambda lower: known(lower) is not None
         self.memberships = store
         self.max_sessions = max_sessions
         self.moderation.operators = operators
@@ -229,12 +273,31 @@ class Hub:
                 self.check_name(name, nick)
             self.moderation.check_login(name)
             lower = name.lower()
+            if account and self.account_sessions is not None:
+                return self._login_counted(self.account_sessions, session, name, lobby)
             if account and lower in self._account_names:
                 return succeed(self._attach(session, name, lobby))
         except ChatError:
             return fail()
         claimed = self.registry.claim(name, lambda: self._lost(session))
         return claimed.addCallback(lambda _: self._entered(session, name, lobby, account))
+
+    def _login_counted(self, shared: SharedSessions, session: ISession, name: str, lobby_too: bool) -> Deferred[str]:
+        """An account's session where its sessions may be on several nodes:
+        ``--max-sessions`` counts them all, and ``presence`` ``online``
+        comes only with its first session anywhere."""
+        d = shared.add_account_session(name, self.max_sessions, lambda: self._lost(session))
+
+        def added(first: bool) -> str:
+            try:
+                if name.lower() in self._account_names:  # a session here came first meanwhile
+                    return self._attach(session, name, lobby_too)
+                return self._entered(session, name, lobby_too, account=True, announce=first)
+            except BaseException:
+                shared.drop_account_session(name)
+                raise
+
+        return d.addCallback(added)
 
     def _attach(self, session: ISession, name: str, lobby_too: bool) -> str:
         """A further session of an account logged in here: it joins the
@@ -279,7 +342,9 @@ class Hub:
             self._outside_lobby.discard(session.name.lower())
         session.name_lost()
 
-    def _entered(self, session: ISession, name: str, lobby_too: bool = True, account: bool = False) -> str:
+    def _entered(self, session: ISession, name: str, lobby_too: bool = True, account: bool = False, announce: bool = True) -> str:
+        """``session`` holds ``name`` here now; the lobby hears it came,
+        unless not to ``announce`` (the account is online on another node)."""
         self._sessions[name.lower()] = session
         if account:
             self._account_names.add(name.lower())
@@ -288,8 +353,9 @@ class Hub:
             return name
         lobby = self.lobby
         lobby.add(session)
-        lobby.announce(name, "online", session)
-        self.bus.announce(name, "online", lobby.name)
+        if announce:
+            lobby.announce(name, "online", session)
+            self.bus.announce(name, "online", lobby.name)
         return name
 
     def logout(self, session: ISession, comment: str | None = None) -> None:
@@ -300,11 +366,18 @@ class Hub:
         name = session.name
         assert name is not None
         lower = name.lower()
+        self._given.pop(session, None)
+        shared = self.account_sessions if lower in self._account_names else None
         if self._detach(session, lower):
+            if shared is not None:
+                shared.drop_account_session(name)
             return  # the name has other sessions: nobody is told
         del self._sessions[lower]
         self._account_names.discard(lower)
         self._outside_lobby.discard(lower)
+        if shared is not None:
+            self._last_here(shared, session, name, comment)
+            return
         self.registry.release(name)
         self.moderation.last_session_ended(name)
         comment = clean_topic(comment).strip() if comment else None
@@ -317,6 +390,35 @@ class Hub:
             if session in lobby:
                 lobby.remove(session)
                 self._announce_leaving(lobby, session, name, comment)
+        finally:
+            self.departing.pop(lower, None)
+
+    def _last_here(self, shared: SharedSessions, session: ISession, name: str, comment: str | None) -> None:
+        """An account's last session on this node ended: it leaves this
+        node's rooms now, and the rooms hear it went once the cluster
+        says that was its last session anywhere."""
+        self.moderation.last_session_ended(name)
+        comment = clean_topic(comment).strip() if comment else None
+        rooms = [self.rooms[key].name for key in self._joined.get(session, {}) if key in self.rooms]
+        for key in list(self._joined.pop(session, {})):
+            self._leave_room(session, key, announce=False)
+        in_lobby = session in self.lobby
+        if in_lobby:
+            self.lobby.remove(session)
+            rooms.append(DEFAULT_ROOM)
+        d = shared.drop_account_session(name)
+        d.addCallback(self._gone_everywhere, session, name, rooms, comment)
+        d.addErrback(lambda failure: self.log.failure("announcing that {user} left", failure, user=name))
+
+    def _gone_everywhere(self, last: bool, session: ISession, name: str, rooms: list[str], comment: str | None) -> None:
+        if not last:
+            return  # sessions of it are on other nodes: nobody is told
+        lower = name.lower()
+        self._departures += 1
+        self.departing[lower] = self._departures
+        try:
+            for room in rooms:
+                self._announce_leaving(self.rooms.get(room.lower()) or Room(room), session, name, comment)
         finally:
             self.departing.pop(lower, None)
 
@@ -494,11 +596,11 @@ class Hub:
         if self.memberships is not None and self._is_account(name.lower()):
             self.memberships.remove_membership(name.lower(), key)
 
-    def account_rooms(self, name: str) -> list[str]:
+    def account_rooms(self, name: str) -> Deferred[list[str]]:
         """The keys of the rooms an account is in, in the order joined."""
         if self.memberships is None or not self._is_account(name.lower()):
-            return []
-        return list(self.memberships.memberships(name.lower()))
+            return succeed([])
+        return maybeDeferred(self.memberships.memberships, name.lower()).addCallback(list)
 
     def join(self, session: ISession, name: Any, rejoin: bool = False) -> Deferred[Joined]:
         """``session`` enters the room ``name``, created if new.
@@ -530,7 +632,36 @@ class Hub:
         except ChatError:
             return fail()
         d = self.directory.create(name, self.now())
-        return d.addCallback(self._watch_room, session)
+        return d.addCallback(self._watch_room, session).addCallback(self._joined_everywhere, session, rejoin)
+
+    def _joined_everywhere(self, joined: Joined, session: ISession, rejoin: bool) -> Joined:
+        """An account joined: its sessions on other nodes join too (every
+        node reads ``#lobby``'s events; a session coming back at its
+        login joins rooms they are in already)."""
+        name = str(session.name)
+        if rejoin or joined.history is None or self.account_sessions is None:
+            return joined
+        if self._is_account(name.lower()):
+            self.bus.announce_event(DEFAULT_ROOM, "name_joined", {"user": name, "room": joined.record.name})
+        return joined
+
+    def _joined_elsewhere(self, content: dict[str, object]) -> None:
+        """An account joined a room on another node: its v2 sessions here
+        join it too (it passed the room's checks there), each told as a
+        session that did not ask."""
+        user, room = str(content.get("user", "")), str(content.get("room", ""))
+        record = self.directory.get(room.lower())
+        sessions = [s for s in self.sessions_of(user) if getattr(s, "version", 1) >= 2 and not self.in_room(s, room.lower())]
+        if record is None or not sessions:
+            return
+        first = sessions[0]
+
+        def tell(joined: Joined) -> None:
+            if joined.history is not None:
+                first.notify("joined", {"joined": joined})
+
+        d = self._watch_room(record, first).addCallback(tell)
+        d.addErrback(lambda failure: self.log.failure("joining {user}'s sessions to {room}", failure, user=user, room=room))
 
     def _rejoined(self, record: RoomRecord) -> Deferred[Joined]:
         """A room a further session of an account is in already: its info
@@ -579,12 +710,20 @@ class Hub:
         if self._is_account(name.lower()) and self.memberships is not None:
             self.memberships.add_membership(name.lower(), key)
         d: Deferred[Any] = self.directory.members(key)
-        d.addCallback(self._take_op_if_none, key, name)
-        d.addCallback(lambda _: self.directory.enter(key, name))
-        d.addCallback(lambda _: self._announce_entry(room, session, name))
+        d.addCallback(self._arrive, room, session, key, name)
         d.addCallback(lambda _: self._history_until(record.name, start))
         d.addCallback(self._joined_answer, key)
         return d.addCallback(self._tell_other_sessions, others)
+
+    def _arrive(self, members: list[str], room: Room, session: ISession, key: str, name: str) -> Deferred[None]:
+        """``name`` enters the room's members; the room hears it came unless
+        it was a member already (its sessions on another node)."""
+        present = name.lower() in {member.lower() for member in members}
+        d: Deferred[Any] = maybeDeferred(self._take_op_if_none, members, key, name)
+        d.addCallback(lambda _: self.directory.enter(key, name))
+        if not present:
+            d.addCallback(lambda _: self._announce_entry(room, session, name))
+        return d
 
     def _tell_other_sessions(self, joined: Joined, others: list[ISession]) -> Joined:
         """The name's other sessions get the same answer, without ``ref``."""
@@ -664,6 +803,9 @@ class Hub:
                 if room is not None:
                     room.remove(other)
                 other.notify("parted", {"room": record.name})
+        if self.account_sessions is not None and self._is_account(str(session.name).lower()):
+            # ... and so do those on other nodes.
+            self.bus.announce_event(record.name, "name_parted", {"user": str(session.name), "room": record.name})
         return record
 
     def _announce_leaving(self, room: Room, session: ISession, name: str, comment: str | None) -> None:
@@ -820,8 +962,7 @@ class Hub:
 
     def account_name(self, name: str) -> str:
         """An account's name as registered (``name`` if it is none)."""
-        record = self.memberships.load_account(name.lower()) if self.memberships is not None else None
-        return str(record.name) if record is not None else name
+        return self._spelling(name.lower()) or name
 
     def checked_text(self, text: str) -> str:
         """The message text cleaned, or ``empty_message``/``message_too_long``."""
@@ -871,8 +1012,12 @@ class Hub:
             for session in self.sessions_of(lower):
                 if getattr(session, "version", 1) < 2:
                     continue
+                given = self._given.get(session, {}).get(delivery.room)
+                if given is not None and delivery.messages[-1].id <= given:
+                    continue  # it had them at its login
                 try:
-                    session.deliver(delivery)
+                    fresh = delivery if given is None or delivery.messages[0].id > given else _after(delivery, given)
+                    session.deliver(fresh)
                     reached = True
                 except Exception:
                     self.log.failure("delivering a direct message to {user} failed", user=session.name)
@@ -892,16 +1037,24 @@ class Hub:
         except Exception:
             self.log.failure("keeping DM delivery marks failed")
 
-    def undelivered(self, name: str) -> list[tuple[str, list[StoredMessage], bool]]:
+    def undelivered(self, name: str, session: ISession | None = None) -> Deferred[list[tuple[str, list[StoredMessage], bool]]]:
         """An account's DMs kept and not yet given to any session of it:
         per conversation (the other name), the oldest 100, and whether more
-        wait.  They count as delivered now."""
+        wait.  They count as delivered now; ``session``, which gets them,
+        will not get them again should they come live too (a cluster's
+        stream may bring them after the login)."""
         lower = name.lower()
         if self.memberships is None or not self._is_account(lower):
-            return []
+            return succeed([])
+        d = maybeDeferred(self.memberships.undelivered, lower)
+        return d.addCallback(self._undelivered, lower, session)
+
+    def _undelivered(
+        self, pages: list[tuple[str, list[StoredMessage], bool]], lower: str, session: ISession | None
+    ) -> list[tuple[str, list[StoredMessage], bool]]:
         found = []
         marks = []
-        for conversation, kept, more in self.memberships.undelivered(lower):
+        for conversation, kept, more in pages:
             if not kept:
                 continue
             first = kept[0]
@@ -912,18 +1065,46 @@ class Hub:
             marks.append((lower, conversation, kept[-1].id))
         if marks:
             self.mark_delivered(marks)
+            if session is not None and self.is_member(session):
+                self._given[session] = {conversation: last for _owner, conversation, last in marks}
         return found
 
-    def dm_page(self, session: ISession, with_name: Any, before: int | None, after: int | None, limit: int) -> tuple[list[StoredMessage], bool]:
+    def dm_page(
+        self, session: ISession, with_name: Any, before: int | None, after: int | None, limit: int
+    ) -> Deferred[tuple[list[StoredMessage], bool]]:
         """A page of the DMs kept for ``session``'s account with ``with_name``
         (``forbidden`` for a guest, ``no_such_user`` for a bad name)."""
         name = str(session.name)
         if self.memberships is None or not self._is_account(name.lower()):
-            raise ChatError(messages.FORBIDDEN, "Only accounts have stored direct messages; guests' are live only.")
+            return fail(ChatError(messages.FORBIDDEN, "Only accounts have stored direct messages; guests' are live only."))
         if not is_valid_name(with_name):
-            raise ChatError(messages.NO_SUCH_USER, f"No such user: {str(with_name)[:40]!r} is not a valid name.")
-        found: tuple[list[StoredMessage], bool] = self.memberships.dm_page(name.lower(), dm_key(name, with_name), before, after, limit)
-        return found
+            return fail(ChatError(messages.NO_SUCH_USER, f"No such user: {str(with_name)[:40]!r} is not a valid name."))
+        return maybeDeferred(self.memberships.dm_page, name.lower(), dm_key(name, with_name), before, after, limit)
+
+    def dm_partners(self, session: ISession) -> Deferred[list[str]]:
+        """The names (lower-cased) ``session``'s account has DMs kept with,
+        for IRC's ``CHATHISTORY TARGETS`` (section 7.4); none for a guest."""
+        name = str(session.name).lower()
+        store = self.memberships
+        # The stores list an account's conversations only privately so far.
+        listing = getattr(store, "dm_conversations", None) or getattr(store, "_dm_conversations", None)
+        if listing is None or not self._is_account(name):
+            return succeed([])
+
+        def partners(conversations: dict[str, int]) -> list[str]:
+            found = []
+            for conversation in conversations:
+                parties = dm_parties(conversation)
+                found.append(next((party for party in parties if party != name), name))
+            return found
+
+        return maybeDeferred(listing, name).addCallback(partners)
+
+    def name_held(self, name: str) -> Deferred[bool]:
+        """Whether a session holds ``name`` now, on any node."""
+        if self.account_sessions is not None:
+            return self.account_sessions.holder(name).addCallback(lambda held: held is not None)
+        return succeed(self.session_named(name) is not None)
 
     def receive_presence(self, user: str, status: str, room: str) -> None:
         """Another node's user came or went."""
@@ -937,13 +1118,57 @@ class Hub:
         ``kick`` (a kick or ban, section 6.5): the target's sessions here
         are told and leave the room (``#lobby``: they close), then the
         remaining members get ``presence`` ``offline`` with the reason.
+        From another node of a cluster, about an account's sessions or a
+        user's, for this node's sessions of ``user`` only: ``name_parted``
+        and ``name_joined`` (``#lobby``'s, read by every node: a part or
+        join applies to the name), ``invited`` (``#lobby``'s), ``told``
+        (an ``info`` to the user, e.g. a mute).
         """
         if kind == "kick":
             self._removed(room, content)
             return
+        if kind == "name_parted":
+            self._parted_elsewhere(room, content)
+            return
+        if kind == "name_joined":
+            self._joined_elsewhere(content)
+            return
+        if kind == "invited":
+            self.moderation.invited_elsewhere(content)
+            return
+        if kind == "told":
+            self.tell(str(content.get("user", "")), {key: value for key, value in content.items() if key != "user"})
+            return
         target = self.rooms.get(room.lower())
         if target is not None:
             target.notify(kind, content)
+
+    def _parted_elsewhere(self, room: str, content: dict[str, object]) -> None:
+        """An account parted the room on another node: its sessions here
+        leave it too, without a word to the members (who were told)."""
+        key = room.lower()
+        target = self.rooms.get(key)
+        user = str(content.get("user", ""))
+        leaving = [session for session in self.sessions_of(user) if target is not None and session in target]
+        if target is None or not leaving:
+            return
+        for session in leaving:
+            target.remove(session)
+            self._joined.get(session, {}).pop(key, None)
+            session.notify("parted", {"room": target.name})
+        self.directory.leave(key, user)
+        self._unwatch_if_empty(key, target.name)
+
+    def tell(self, user: str, info: dict[str, object]) -> None:
+        """An ``info`` (``text`` and its keys) to this node's sessions of ``user``."""
+        for session in self.sessions_of(user):
+            session.notify("info", info)
+
+    def tell_everywhere(self, user: str, room: str, info: dict[str, object]) -> None:
+        """An ``info`` to every session of ``user``, on every node that
+        reads ``room`` (one the user is in)."""
+        self.tell(user, info)
+        self.bus.announce_event(room, "told", {"user": user, **info})
 
     def room_event(self, room: str, kind: str, content: dict[str, object]) -> None:
         """A room event caused here: this node's members, then the others'."""
@@ -997,6 +1222,12 @@ class Hub:
         elif record is not None and (lower in record.ops or lower in record.voiced):
             d = self.directory.update(key, lambda current: current.with_op(lower, False).with_voice(lower, False))
             d.addErrback(lambda failure: self.log.failure("dropping {user}'s roles in {room} failed", failure, user=name, room=key))
+
+
+def _after(delivery: Delivery, given: int) -> Delivery:
+    """``delivery`` without its messages up to id ``given``."""
+    kept = [(message, draft) for message, draft in zip(delivery.messages, delivery.drafts) if message.id > given]
+    return Delivery(delivery.room, [message for message, _ in kept], [draft for _, draft in kept])
 
 
 def record_modes(record: RoomRecord, key: str) -> dict[str, bool]:

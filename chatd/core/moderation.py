@@ -21,7 +21,7 @@ lapse when the invitee's last session ends.  Server operators (the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
@@ -35,7 +35,6 @@ from chatd.stores.roomstate import DEFAULT_MODES, RoomRecord
 if TYPE_CHECKING:
     from chatd.core.hub import Hub
     from chatd.interfaces import ISession
-    from chatd.stores.history import HistoryStore
 
 #: A comment (a kick's, a ban's) is cut to this many code points.
 MAX_COMMENT = 390
@@ -50,6 +49,29 @@ ROLE_CHANGES: dict[str, tuple[str, bool]] = {
 
 #: Requests whose target must be a listed member of the room.
 TARGET_IS_MEMBER = frozenset({"kick", "mute", "op", "deop", "voice", "devoice"})
+
+
+class RestrictionStore(Protocol):
+    """Where bans and mutes are kept: the history store, or a cluster's
+    (:class:`chatd.cluster.accounts.RedisAccounts`); reads answer at once."""
+
+    def load_bans(self, room: str | None = None) -> list[Restriction]:
+        """The bans of ``room`` (every room's if None)."""
+
+    def save_ban(self, ban: Restriction) -> object:
+        """Keep ``ban``."""
+
+    def remove_ban(self, room: str, name: str) -> object:
+        """Lift the ban of ``name`` in ``room``."""
+
+    def load_mutes(self, room: str | None = None) -> list[Restriction]:
+        """The mutes of ``room`` (every room's if None)."""
+
+    def save_mute(self, mute: Restriction) -> object:
+        """Keep ``mute``."""
+
+    def remove_mute(self, room: str, name: str) -> object:
+        """Lift the mute of ``name`` in ``room``."""
 
 
 @dataclass
@@ -72,7 +94,7 @@ class Moderation:
 
     log = Logger()
 
-    def __init__(self, hub: Hub, store: HistoryStore | None = None, operators: frozenset[str] = frozenset()) -> None:
+    def __init__(self, hub: Hub, store: RestrictionStore | None = None, operators: frozenset[str] = frozenset()) -> None:
         self.hub = hub
         self.store = store
         self.operators = operators
@@ -80,6 +102,7 @@ class Moderation:
         self._memory_bans: dict[str, dict[str, Restriction]] = {}  # without a store
         self._invited: dict[str, set[str]] = {}  # name key -> room keys
         self._members: list[str] = []  # the room's listed members, while a request is checked
+        self._elsewhere: str | None = None  # an invitee on another node, while an invite is checked
 
     # -- who is who --------------------------------------------------------
 
@@ -150,6 +173,22 @@ class Moderation:
         if ban is not None:
             raise ChatError(messages.BANNED, f"{name} is banned from this server.")
 
+    def invited_elsewhere(self, content: dict[str, object]) -> None:
+        """An invitation made on another node: the invitee's v2 sessions
+        here are told, and its next join here passes ``invite_only``."""
+        user, room, by = str(content.get("user", "")), str(content.get("room", "")), content.get("by")
+        sessions = [s for s in self.hub.sessions_of(user) if getattr(s, "version", 1) >= 2]
+        if not sessions:
+            return
+        self._invited.setdefault(user.lower(), set()).add(room.lower())
+        for invitee in sessions:
+            invitee.notify("invite", {"room": room, "by": by})
+
+    def restrictions_changed(self) -> None:
+        """Bans or mutes changed elsewhere (another node of a cluster):
+        mutes are read from the store again at the next check."""
+        self._mutes = None
+
     def last_session_ended(self, name: str) -> None:
         """The name has no session left: its invitations lapse."""
         self._invited.pop(name.lower(), None)
@@ -167,7 +206,23 @@ class Moderation:
         except ChatError:
             return fail()
         d = self.hub.names(record.name)
+        if kind == "invite":
+            d.addCallback(self._find_invitee, content["user"])
         return d.addCallback(self._checked, session, kind, content, record)
+
+    def _find_invitee(self, members: list[str], user: str) -> list[str] | Deferred[list[str]]:
+        """An invitee with no session here may have one on another node of
+        a cluster (then its name as it logged in is ``_elsewhere``)."""
+        self._elsewhere = None
+        shared = self.hub.account_sessions
+        if shared is None or not _valid_name(user) or self.hub.sessions_of(user):
+            return members
+
+        def found(holder: str | None) -> list[str]:
+            self._elsewhere = holder
+            return members
+
+        return shared.holder(user).addCallback(found)
 
     def _checked(self, members: list[str], session: ISession, kind: str, content: dict[str, Any], record: RoomRecord) -> Done:
         self._members = members
@@ -311,18 +366,22 @@ class Moderation:
     def _invite(self, session: ISession, record: RoomRecord, content: dict[str, Any], flags: dict[str, bool]) -> Done:
         user = content["user"]
         sessions = [s for s in self.hub.sessions_of(user) if getattr(s, "version", 1) >= 2] if _valid_name(user) else []
-        if not sessions:
+        elsewhere, self._elsewhere = self._elsewhere, None
+        if not sessions and elsewhere is None:
             raise ChatError(messages.NO_SUCH_USER, f"No such user: {user} is not online.")
-        target = sessions[0].name or user
+        target = (sessions[0].name or user) if sessions else str(elsewhere)
         done = Done(f"Invited {target} to {record.name}", {"room": record.name, "user": target})
         if any(name.lower() == target.lower() for name in self._members):
             return done  # a member: the info only
         by = session.name or ""
-        self._invited.setdefault(target.lower(), set()).add(record.key)
+        if sessions:
+            self._invited.setdefault(target.lower(), set()).add(record.key)
 
         def apply() -> None:
             for invitee in self.hub.sessions_of(target):
                 invitee.notify("invite", {"room": record.name, "by": by})
+            # Its sessions on other nodes (every node reads #lobby's events).
+            self.hub.bus.announce_event(LOBBY, "invited", {"user": target, "room": record.name, "by": by})
 
         done.effects.append(apply)
         return done
@@ -338,8 +397,8 @@ class Moderation:
         self.hub.room_event(record.name, "kick", event)
 
     def _tell(self, target: str, text: str, record: RoomRecord, by: str) -> None:
-        for session in self.hub.sessions_of(target):
-            session.notify("info", {"text": text, "room": record.name, "by": by})
+        # Every session of the target, on every node (section 6.5).
+        self.hub.tell_everywhere(target, record.name, {"text": text, "room": record.name, "by": by})
 
     # -- storage ------------------------------------------------------------------
 

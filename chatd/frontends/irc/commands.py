@@ -104,6 +104,21 @@ class Commands(IRCConnection):
         else:
             self.away = None
             self.numeric(N.RPL_UNAWAY, "You are no longer marked as being away")
+        # away-notify: the IRC sessions sharing a room with this one are told.
+        body = build("AWAY", [self.away] if self.away else [], self.source, trailing=bool(self.away))
+        for session in self._sharing():
+            if "away-notify" in session.caps and not session.closing:
+                session.put(session.tags_for(), body, response=False)
+
+    def _sharing(self) -> list[IRCConnection]:
+        """This node's other IRC sessions in a room with this one."""
+        found: dict[int, IRCConnection] = {}
+        for room in self.rooms_in():
+            local = self.hub.rooms.get(room.lower())
+            for member in local.members() if local is not None else ():
+                if member is not self and isinstance(member, IRCConnection):
+                    found[id(member)] = member
+        return list(found.values())
 
     def irc_OPER(self, line: Line) -> Deferred[Any] | None:
         """``OPER <account> <password>``: a server operator until it closes."""
@@ -172,17 +187,11 @@ class Commands(IRCConnection):
         self._joining.add(key)
         d = hub.join(self, name)
 
-        def joined(answer: Joined) -> Deferred[Any] | None:
+        def joined(answer: Joined) -> None:
             if answer.history is None:
-                return None
+                return
             self.churn_taken()
-            record = answer.record
-            self.line("JOIN", [record.name], self.source)
-            if record.topic:
-                self.numeric(N.RPL_TOPIC, record.name, record.topic)
-                self.numeric(N.RPL_TOPICWHOTIME, record.name, record.topic_by or self.server, unix_time(record.topic_set_at))
-            self.send_names(record, answer.members)
-            return None
+            self.show_join(answer.record, answer.members)
 
         def failed(failure: Failure) -> None:
             error = failure.trap(ChatError) and failure.value
@@ -193,6 +202,14 @@ class Commands(IRCConnection):
             self.joined_answered(key)
 
         return d.addCallbacks(joined, failed).addBoth(done)
+
+    def show_join(self, record: RoomRecord, members: list[str], response: bool = True) -> None:
+        """The JOIN line, the topic (332, 333) and the names (353, 366)."""
+        self.line("JOIN", [record.name], self.source, response=response)
+        if record.topic:
+            self.numeric(N.RPL_TOPIC, record.name, record.topic)
+            self.numeric(N.RPL_TOPICWHOTIME, record.name, record.topic_by or self.server, unix_time(record.topic_set_at))
+        self.send_names(record, members)
 
     def irc_PART(self, line: Line) -> None:
         """``PART #a,#b [:text]``: the PART line to the members, the parter too."""
@@ -400,6 +417,11 @@ class Commands(IRCConnection):
         hub = self.hub
         try:
             if not self.rate.available():
+                if self.flood.reject():  # far over the rate, as Session.post judges it
+                    self.log.info("closing {peer} ({user}): flooding", peer=self.peer, user=self.name)
+                    self.send_error(messages.RATE_LIMITED, "Flooding")
+                    self.close_after_output()
+                    return
                 raise ChatError(messages.RATE_LIMITED, "Slow down: you are sending messages too fast.")
             if target.startswith("#"):
                 record = hub.record(target)
@@ -427,7 +449,7 @@ class Commands(IRCConnection):
         params = [shown] if text is None else [shown, text]
         body = build(command, params, self.source, trailing=text is not None)
         for session in recipients:
-            if session is self or not isinstance(session, IRCConnection):
+            if session is self or not isinstance(session, IRCConnection) or session.closing:
                 continue
             if text is None and session.tag_mode != TAGS_ALL:
                 continue

@@ -63,6 +63,7 @@ CAPABILITIES = (
     "multi-prefix",
     "userhost-in-names",
     "draft/chathistory",
+    "away-notify",
 )
 
 _IDENT = re.compile(r"[^A-Za-z0-9_.-]")
@@ -207,6 +208,9 @@ class IRCConnection(Session[Received], Protocol):
         except Exception:
             self.log.failure("handling an IRC line from {peer} failed", peer=self.peer)
             result = None
+        if result is not None:
+            command = request.command if isinstance(request, Line) else "*"
+            result.addErrback(self._command_error, command)
         if label is None:
             return result
         if result is None:
@@ -214,9 +218,13 @@ class IRCConnection(Session[Received], Protocol):
             return None
         return result.addBoth(self._handler_done)
 
+    def _command_error(self, failure: Failure, command: str) -> None:
+        """A command's answer failed unforeseen: logged, and the client told."""
+        self.log.failure("the IRC command {command} of {peer} failed", failure, command=command, peer=self.peer)
+        if not self.closing:
+            self.fail(command, "INTERNAL_ERROR", "The server could not complete this command; try again.")
+
     def _handler_done(self, result: object) -> None:
-        if isinstance(result, Failure):
-            self.log.failure("an IRC command failed", result)
         self._label_pending = bool(self._label_drafts)
         self._maybe_finish_label(handler_done=True)
 
@@ -413,6 +421,10 @@ class IRCConnection(Session[Received], Protocol):
         """Join one room (:mod:`~chatd.frontends.irc.commands`)."""
         raise NotImplementedError
 
+    def show_join(self, record: Any, members: list[str], response: bool = True) -> None:
+        """A JOIN with its topic and names (:mod:`~chatd.frontends.irc.commands`)."""
+        raise NotImplementedError
+
     def lusers(self) -> None:
         """251-255 (:mod:`~chatd.frontends.irc.registration`)."""
         raise NotImplementedError
@@ -493,7 +505,12 @@ class IRCConnection(Session[Received], Protocol):
         """A name came (``JOIN``) or went (``PART``, or one ``QUIT`` for a
         name whose last session ended)."""
         if status == "online":
-            self.line("JOIN", [room], self.factory.source_of(user), response=False)
+            source = self.factory.source_of(user)
+            self.line("JOIN", [room], source, response=False)
+            if "away-notify" in self.caps:
+                away = getattr(self.hub.session_named(user), "away", None)
+                if isinstance(away, str):
+                    self.line("AWAY", [away], source, trailing=True, response=False)
         else:
             self._left(user, room, None)
 
@@ -521,6 +538,8 @@ class IRCConnection(Session[Received], Protocol):
                 self.line("JOIN", [room], self.factory.source_of(user), response=False)
             elif content.get("reason") in ("kicked", "banned"):
                 comment = content.get("comment") or (by if isinstance(by, str) else user)
+                if content.get("reason") == "banned":
+                    self.line("MODE", [room, "+b", f"{user}!*@*"], source, response=own)
                 self.line("KICK", [room, user, str(comment)], source, trailing=True, response=own)
             else:
                 comment = content.get("comment")
@@ -534,12 +553,26 @@ class IRCConnection(Session[Received], Protocol):
         elif kind in ("mute", "unmute") and isinstance(by, str):
             verb = "muted" if kind == "mute" else "unmuted"
             self.send_info(f"You were {verb} in {room} by {by}")
+        elif kind == "joined":
+            # Another session of this account joined: this one joins too (section 7.1).
+            joined = content.get("joined")
+            record = getattr(joined, "record", None)
+            if record is not None:
+                self.show_join(record, list(getattr(joined, "members", [])), response=False)
+        elif kind == "parted":
+            self.line("PART", [room], self.source, response=False)
         elif kind == "info":
             text = str(content.get("text", ""))
             if text.startswith(("You were kicked from", "You were banned from")) and isinstance(by, str):
                 # The core tells the target apart from the room (section 6.5).
                 comment = content.get("comment") or by
+                if text.startswith("You were banned from"):
+                    self.line("MODE", [room, "+b", f"{self.me}!*@*"], source, response=False)
                 self.line("KICK", [room, self.me, str(comment)], source, trailing=True, response=False)
+                if room.lower() == "#lobby":
+                    # The core closes the session next (section 7.3).
+                    verb = "Kicked" if text.startswith("You were kicked") else "Banned"
+                    self.put(b"", build("ERROR", [f"{verb} from {room} by {by}: {comment}"], trailing=True), response=False)
             elif text:
                 self.send_info(text)
 

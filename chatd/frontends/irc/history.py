@@ -14,7 +14,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from chatd.core.hub import DEFAULT_ROOM, is_valid_name
 from chatd.core.rooms import dm_key
@@ -136,9 +136,8 @@ class History(IRCConnection):
         """``(pager, msgid key, name shown)``, or None (INVALID_TARGET).
 
         A room needs membership; a nick gives the DMs the client's account
-        may read: a guest has none (no pager), and an account's are paged
-        by the hub's ``dm_page(owner, conversation, before, after, limit)``
-        once the core keeps them (section 6.3).
+        may read (section 6.3, :meth:`chatd.core.hub.Hub.dm_page`): a guest
+        has none (no pager).
         """
         hub = self.hub
         if target.startswith("#"):
@@ -152,17 +151,14 @@ class History(IRCConnection):
             return (lambda before, after, limit: hub.page(room, before, after, limit)), record.key, record.name
         if not is_valid_name(target):
             return None
-        conversation = dm_key(self.me, target)
-        dm_page = getattr(hub, "dm_page", None)
-        account = self.account
-        if account is None or dm_page is None:
-            return None, conversation_key(conversation), target
+        key = conversation_key(dm_key(self.me, target))
+        if self.account is None:
+            return None, key, target
 
         def pager(before: int | None, after: int | None, limit: int) -> Deferred[tuple[list[StoredMessage], bool]]:
-            page: Deferred[tuple[list[StoredMessage], bool]] = dm_page(account, conversation, before, after, limit)
-            return page
+            return maybeDeferred(hub.dm_page, self, target, before, after, limit)
 
-        return pager, conversation_key(conversation), target
+        return pager, key, target
 
     def _select(self, pager: Pager, sub: str, first: Ref, second: Ref | None, limit: int) -> Deferred[list[StoredMessage]]:
         """The messages a subcommand selects, oldest first."""
@@ -278,8 +274,12 @@ class History(IRCConnection):
             self.line("BATCH", ["-" + ident])
 
     def _targets(self, params: list[str]) -> Deferred[Any] | None:
-        """``TARGETS <timestamp=> <timestamp=> <limit>``: the rooms (and
-        conversations) whose newest message lies strictly between."""
+        """``TARGETS <timestamp=> <timestamp=> <limit>``: the rooms and
+        conversations whose newest message lies strictly between.
+
+        The conversations are those of ``hub.dm_partners(session)`` (the
+        names an account has kept DMs with), once the core lists them.
+        """
         try:
             if len(params) < 3:
                 raise BadParams("Not enough parameters")
@@ -301,9 +301,27 @@ class History(IRCConnection):
                 shown = hub.lobby.name if room == DEFAULT_ROOM else room
                 newest.append((found[-1].timestamp, shown))
 
+        def collect_dm(page: tuple[list[StoredMessage], bool], partner: str) -> None:
+            found = page[0]
+            if found and start < found[-1].timestamp < end:
+                last = found[-1]
+                # The partner as its messages spell it.
+                shown = last.sender if last.sender.lower() == partner.lower() else (last.to or partner)
+                newest.append((last.timestamp, shown))
+
+        def conversations(partners: list[str]) -> Deferred[Any]:
+            d: Deferred[Any] = succeed(None)
+            for partner in partners:
+                d = then(d, lambda partner=partner: hub.dm_page(self, partner, None, None, 1).addCallback(collect_dm, partner))  # type: ignore[misc]  # a default binds the loop's partner
+            return d
+
         d: Deferred[Any] = succeed(None)
         for room in rooms:
             d = then(d, lambda room=room: hub.recent(room, 1).addCallback(collect, room))  # type: ignore[misc]  # a default binds the loop's room
+        partners_of = getattr(hub, "dm_partners", None)
+        if self.account is not None and partners_of is not None:
+            # The conversations the account may read (a hub that lists them).
+            d = then(d, lambda: maybeDeferred(partners_of, self).addCallback(conversations))
 
         def send(_: object) -> None:
             newest.sort()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from chatd import __version__, messages
@@ -21,6 +21,7 @@ from chatd.frontends.irc.connection import CAPABILITIES, NICK, IRCConnection, id
 from chatd.frontends.irc.lines import Line
 from chatd.frontends.irc.sasl import PlainExchange
 from chatd.messages import ChatError
+from chatd.stores.history import StoredMessage
 
 #: ISUPPORT tokens (section 7.2), at most 13 per 005 line.
 ISUPPORT = (
@@ -226,9 +227,7 @@ class Registration(IRCConnection):
         return d.addCallbacks(self._authenticated, self._sasl_failed)
 
     def _authenticated(self, account: str) -> None:
-        self.account = account
-        if self.nick is None or self.nick.lower() != account.lower():
-            pass  # registration names the session after the account
+        self.account = account  # registration names the session after it, whatever NICK said
         self.numeric(N.RPL_LOGGEDIN, f"{self.me}!{self.ident}@irc", account, f"You are now logged in as {account}")
         self.numeric(N.RPL_SASLSUCCESS, "SASL authentication successful")
 
@@ -348,7 +347,25 @@ class Registration(IRCConnection):
         d: Deferred[Any] = succeed(None)
         for room in self.factory.config.autojoin:
             d = then(d, lambda room=room: self.join_one(room, autojoin=True))  # type: ignore[misc]  # a default binds the loop's room
+        if self.account is not None and "draft/chathistory" not in self.caps:
+            d = then(d, self.send_undelivered)
         return d
+
+    def send_undelivered(self) -> Deferred[None]:
+        """An account's DMs that came while it had no session (section 7.4):
+        after the welcome and autojoins, oldest first, at most 100 per
+        conversation (a client with draft/chathistory fetches them itself)."""
+        from chatd.frontends.irc.encoding import message_lines
+
+        def send(conversations: list[tuple[str, list[StoredMessage], bool]]) -> None:
+            mode = self.tag_mode
+            for _other, found, _more in conversations:
+                for message in found:
+                    source = self.factory.history_source_of(message.sender)
+                    for tags, body in message_lines(message, source, mode):
+                        self.put(tags, body, response=False)
+
+        return maybeDeferred(self.hub.undelivered, self.me, self).addCallback(send)
 
     def welcome(self) -> None:
         """001-005, LUSERS, the MOTD (section 7.2)."""

@@ -328,7 +328,7 @@ class ChatProtocol(Session[Decoded], Protocol):
             request.username,
             request.password,
             host_of(self.peer_address),
-            taken=lambda name: hub.session_named(name) is not None,
+            taken=hub.name_held,
             exempt=operator,
         )
         return d.addCallback(lambda record: self.send_info(f"Account {record.name} registered"))
@@ -368,24 +368,39 @@ class ChatProtocol(Session[Decoded], Protocol):
 
     def _send_account_rooms(self) -> Deferred[None]:
         """An account's v2 session: the info and history of each room the
-        account is in, in the order joined (section 6.4)."""
-        hub = self.factory.hub
+        account is in, in the order joined (section 6.4), then its DMs
+        kept while it had no session."""
+        d = self.factory.hub.account_rooms(str(self.name))
+        d.addCallback(self._rejoin_all)
+        d.addErrback(self._account_room_failed, "its rooms")
+        return d.addCallback(lambda _: self._send_undelivered())
+
+    def _rejoin_all(self, keys: list[str]) -> Deferred[None]:
         d: Deferred[Any] = Deferred()
-        for key in hub.account_rooms(str(self.name)):
+        for key in keys:
             d.addCallback(self._rejoin, key)
             d.addCallback(self._send_joined)
             d.addErrback(self._account_room_failed, key)
-        d.addCallback(lambda _: self._send_undelivered())
         d.callback(None)
         return d
 
-    def _send_undelivered(self) -> None:
+    def _send_undelivered(self) -> Deferred[None]:
         """DMs kept for the account while it had no session: one history
         per conversation (section 6.3)."""
         hub = self.factory.hub
-        for other, found, more in hub.undelivered(str(self.name)):
-            content = [message_response(message) for message in found]
+        sent: Deferred[None] = hub.undelivered(str(self.name), self).addCallback(self._send_kept)
+        sent.addErrback(self._undelivered_failed)
+        return sent
+
+    def _send_kept(self, found: list[tuple[str, list[StoredMessage], bool]]) -> None:
+        hub = self.factory.hub
+        for other, kept, more in found:
+            content = [message_response(message) for message in kept]
             self.send_response(messages.response("history", content, hub.now(), more=more, **{"with": other}))
+
+    def _undelivered_failed(self, failure: Failure) -> None:
+        """The kept DMs cannot be read now: they stay undelivered, for a later login."""
+        self.log.failure("reading the DMs kept for {user} failed", failure, user=self.name)
 
     def _rejoin(self, _: object, key: str) -> Deferred[Joined]:
         return self.factory.hub.join(self, key, rejoin=True)
@@ -572,10 +587,8 @@ class ChatProtocol(Session[Decoded], Protocol):
         if request.with_name is not None:
             # Stored DMs are an account's (section 6.3): a guest has none.
             limit = DEFAULT_PAGE if request.limit is None else request.limit
-            found, more = hub.dm_page(self, request.with_name, request.before, request.after, limit)
-            content = [message_response(message) for message in found]
-            self.send_response(messages.response("history", content, hub.now(), more=more, **{"with": request.with_name}))
-            return None
+            d = hub.dm_page(self, request.with_name, request.before, request.after, limit)
+            return d.addCallback(self._send_dm_page, request.with_name)
         room, label = DEFAULT_ROOM, None
         if request.room is not None:
             record = hub.record(request.room)
@@ -586,6 +599,11 @@ class ChatProtocol(Session[Decoded], Protocol):
         limit = DEFAULT_PAGE if request.limit is None else request.limit
         page = hub.page(room, request.before, request.after, limit)
         return page.addCallback(self._send_page, label)
+
+    def _send_dm_page(self, page: tuple[list[StoredMessage], bool], with_name: str) -> None:
+        found, more = page
+        content = [message_response(message) for message in found]
+        self.send_response(messages.response("history", content, self.factory.hub.now(), more=more, **{"with": with_name}))
 
     def _send_page(self, page: tuple[list[StoredMessage], bool], room: str | None) -> None:
         found, more = page

@@ -85,6 +85,8 @@ class ChatFactory(ServerFactory[ChatProtocol]):
         self.accounts = accounts
         # Server operators (section 6.5): lower-cased account names.
         self.operators = operators
+        # The last unsolicited event encoded, reused for its next recipients.
+        self.event_cache: tuple[Any, bytes] | None = None
         self.protocols: set[ChatProtocol] = set()  # open chat connections
         # One caps object for every listener (TCP, TLS, and the web port's
         # HTTP connections: see chatd.frontends.site), so no way in escapes the caps.

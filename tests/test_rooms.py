@@ -558,3 +558,27 @@ class EchoOrderTests(RoomsTestCase):
         ]
         ann.send_raw(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
         self.assertEqual([(r["ref"], r["content"]) for r in ann.received()], [(1, "a"), (2, "b"), (3, "d"), (4, "c")])
+
+
+class PresenceEncodingTests(RoomsTestCase):
+    def test_a_presence_is_encoded_once_for_every_member(self) -> None:
+        from chatd import messages
+
+        watchers = [self.v2(f"user{i}") for i in range(20)]
+        for watcher in watchers:
+            watcher.received()
+        encoded = []
+        original = messages.encode
+
+        def counting(obj: dict[str, Any]) -> bytes:
+            if obj.get("response") == "presence":
+                encoded.append(obj)
+            return original(obj)
+
+        self.patch(messages, "encode", counting)
+        late = FakeClient(self.factory)
+        late.send("hello", {"protocol": 2})
+        late.login("late")
+        self.assertEqual(len(encoded), 1)
+        for watcher in watchers:
+            self.assertEqual(watcher.one()["content"], {"user": "late", "status": "online", "room": "#lobby"})

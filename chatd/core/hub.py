@@ -180,6 +180,8 @@ class Hub:
         # ones coming live afterwards (a cluster's stream) are not given twice.
         self._given: dict[ISession, dict[str, int]] = {}
         self.moderation = Moderation(self)
+        self._now_seconds: float | None = None
+        self._now_text = ""
         self.metrics.watch_rooms(self.room_count)
         bus.subscribe(self)
 
@@ -232,8 +234,12 @@ class Hub:
         return self.rooms[DEFAULT_ROOM]
 
     def now(self) -> str:
-        """The reactor's current time as a protocol timestamp."""
-        return messages.format_timestamp(self.clock.seconds())
+        """The reactor's current time as a protocol timestamp (formatted
+        once per clock reading: a fan-out asks for it per recipient)."""
+        seconds = self.clock.seconds()
+        if seconds != self._now_seconds:
+            self._now_seconds, self._now_text = seconds, messages.format_timestamp(seconds)
+        return self._now_text
 
     def room_count(self) -> int:
         """Rooms that exist, ``#lobby`` included (the ``chatd_rooms`` gauge)."""

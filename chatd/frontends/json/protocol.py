@@ -687,11 +687,7 @@ class ChatProtocol(Session[Decoded], Protocol):
             return
         if self.version < PROTOCOL_VERSION:
             return
-        saved, self._ref = self._ref, None  # unsolicited: no ref
-        try:
-            self.send_response(messages.response(kind, content, self.factory.hub.now()))
-        finally:
-            self._ref = saved
+        self.send_payload(encoded_event(self.factory, kind, content))
 
     def _send_login_history(self) -> Deferred[None]:
         hub = self.factory.hub
@@ -739,6 +735,29 @@ _TYPE_NAMES = {str: "a string", dict: "an object", type(None): "null"}
 
 #: Page size of a ``history`` request without ``limit``.
 DEFAULT_PAGE = 100
+
+
+def encoded_event(factory: ChatFactory, kind: str, content: dict[str, Any]) -> bytes:
+    """An unsolicited response, encoded once for every recipient.
+
+    A room announces one event to each member in turn (a presence to
+    every ``#lobby`` user at a login or logout): the last encoding is
+    kept on the factory and used again while the event and the
+    timestamp are the same, instead of encoding it anew per recipient.
+    """
+    timestamp = factory.hub.now()
+    try:
+        key: Any = (kind, timestamp, tuple(content.items()))
+        hash(key)
+    except TypeError:  # a value that is a list or a dict: encode as it is
+        key = None
+    cached = factory.event_cache
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    payload = messages.encode(messages.response(kind, content, timestamp))
+    if key is not None:
+        factory.event_cache = (key, payload)
+    return payload
 
 
 def _send_small_writes_at_once(transport: Any) -> None:

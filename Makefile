@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/twistd -n --pidfile= chatd --port 9998 --web tcp:8080
+	$(BIN)/twistd -n --pidfile= chatd --port 9998 --web tcp:8080 --irc tcp:6667
 
 test: setup
 	$(BIN)/python -m pytest -q tests

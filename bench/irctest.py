@@ -130,7 +130,7 @@ def json_request(port: int, request: dict) -> dict:
         reader = sock.makefile("rb")
         while True:
             answer = json.loads(reader.readline())
-            if answer.get("response") in ("info", "error"):
+            if answer.get("response") in ("info", "error", "pong"):
                 return answer
 
 
@@ -172,22 +172,33 @@ class ChatdController(BaseServerController, DirectoryBasedController):
         self.create_config()
         assert self.directory
         self.port = port
-        self.json_host, self.json_port = self.get_hostname_and_port()
         operators = self.directory / "operators"
         operators.write_text("operuser\n")
         known = known_options()
-        args = [TWISTD, "-n", "--pidfile=", "chatd", "--data-dir", str(self.directory),
-                "--port", f"tcp:{self.json_port}:interface=127.0.0.1",
-                "--irc", f"tcp:{port}:interface=127.0.0.1"]
-        for option, value in WANTED:
-            if option in known:
-                args += [option, value]
-        if "--operators" in known:
-            args += ["--operators", str(operators)]
-        self.proc = self.execute(args, proc_name="chatd")
-        _started.append(self.proc)
+        # The JSON port is ours to choose: on a shared machine another
+        # process may take it between the choice and the bind, so a server
+        # that could not start is started again on another one.
+        for attempt in range(3):
+            self.json_host, self.json_port = self.get_hostname_and_port()
+            args = [TWISTD, "-n", "--pidfile=", "chatd", "--data-dir", str(self.directory),
+                    "--port", f"tcp:{self.json_port}:interface=127.0.0.1",
+                    "--irc", f"tcp:{port}:interface=127.0.0.1"]
+            for option, value in WANTED:
+                if option in known:
+                    args += [option, value]
+            if "--operators" in known:
+                args += ["--operators", str(operators)]
+            self.proc = self.execute(args, proc_name="chatd")
+            _started.append(self.proc)
+            try:
+                if self._wait_json():
+                    break
+            except BaseException:
+                self.kill_proc()
+                raise
+        else:
+            raise RuntimeError("chatd did not start")
         try:
-            self._wait_json()
             if "--accounts" in known:
                 self._register("operuser", "operpassword")
         except BaseException:
@@ -195,14 +206,20 @@ class ChatdController(BaseServerController, DirectoryBasedController):
             raise
 
     def _wait_json(self):
+        """True once chatd answers on its JSON port; False if it exited."""
         deadline = time.time() + 30
         while time.time() < deadline:
-            self.check_is_alive()
+            if self.proc.poll() is not None:
+                self.proc = None
+                return False
             try:
-                socket.create_connection(("127.0.0.1", self.json_port), timeout=1).close()
-                return
-            except OSError:
+                answer = json_request(self.json_port, {"request": "ping", "content": None})
+            except (OSError, ValueError):
                 time.sleep(0.05)
+                continue
+            if answer.get("response") in ("pong", "info", "error"):
+                return True
+            time.sleep(0.05)
         raise RuntimeError("chatd's JSON port did not open")
 
     def _register(self, username, password):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -69,7 +70,7 @@ class FakeClient:
     ``newline=False`` it sends bare objects like a classic client.
     """
 
-    _ports = iter(range(40000, 60000))
+    _ports = itertools.cycle(range(40000, 60000))  # a long run makes more than 20,000
 
     def __init__(self, factory: ChatFactory, newline: bool = True, host: str = "127.0.0.1") -> None:
         self.newline = newline

@@ -7,6 +7,7 @@ memory history, a ``Clock``) with an IRC factory on it, and
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -51,7 +52,7 @@ def account_exists(accounts: dict[str, str]) -> Callable[[str], Deferred[bool]]:
 class IRCClient:
     """One IRC connection over a StringTransport."""
 
-    _ports = iter(range(20000, 40000))
+    _ports = itertools.cycle(range(20000, 40000))
 
     def __init__(self, irc: IRCFactory, host: str = "127.0.0.1") -> None:
         self.irc = irc

@@ -217,3 +217,23 @@ class AccountBanWhileAwayTests(ModerationTestCase):
         third.received()
         third.send("login", "dana", password="dana password")
         self.assertEqual([r["response"] for r in third.received()], ["info", "history"])
+
+
+class OperatorMustBeAnAccountTests(ModerationTestCase):
+    def test_a_guest_under_an_unregistered_operator_name_is_nobody(self) -> None:
+        alice = self.v2("alice")
+        guest = self.v2("root")  # listed in --operators, never registered
+        self.assertEqual(self.code(guest, "kick", room="#lobby", user="alice"), "not_op")
+        self.assertFalse(alice.closed)
+
+    def test_a_lobby_mute_holds_messages_without_a_room(self) -> None:
+        self.factory.accounts.register("root", "root password", "127.0.0.1")  # type: ignore[union-attr]
+        root = self.v2("root", password="root password")
+        classic = FakeClient(self.factory)
+        classic.send("login", "carl")
+        classic.received()
+        self.settle()
+        self.act(root, "mute", room="#lobby", user="carl")
+        classic.received()
+        classic.send("msg", "still talking")
+        self.assertEqual(classic.one()["code"], "muted")

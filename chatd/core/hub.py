@@ -819,7 +819,7 @@ class Hub:
         ``comment``, if any), here and on the other nodes."""
         if comment:
             content: dict[str, object] = {"user": name, "status": "offline", "room": room.name, "comment": comment}
-            room.notify("presence", content)
+            room.notify("presence", content, skip_name=name)
             self.bus.announce_event(room.name, "presence", content)
         else:
             room.announce(name, "offline", session)
@@ -930,7 +930,12 @@ class Hub:
             draft.offline = offline
             draft.owners = tuple(name.lower() for name in {sender.lower(): sender, recipient.lower(): recipient}.values() if self._is_account(name.lower()))
         else:
-            target = DEFAULT_ROOM if room is None else self._postable(session, room)
+            if room is None:
+                if self.moderation.lobby_muted(sender):
+                    raise ChatError(messages.MUTED, "You are muted in #lobby.")
+                target = DEFAULT_ROOM
+            else:
+                target = self._postable(session, room)
             draft = Draft(target, sender, self.checked_text(text), self.now(), session)
         if notice:
             draft.notice = True
@@ -959,8 +964,9 @@ class Hub:
         holders = self.sessions_of(to)
         if any(getattr(holder, "version", 1) >= 2 for holder in holders):
             return str(holders[0].name), False
-        if not holders and self._is_account(to.lower()) and self._is_account(sender.lower()):
-            # Kept for the account, delivered at its next login.
+        if self._is_account(to.lower()) and self._is_account(sender.lower()):
+            # No v2 session here (none at all, or v1 ones only): kept for
+            # the account, delivered at its next v2 login.
             return self.account_name(to), True
         if not holders and self.bus.remote:
             return str(to), False  # perhaps on another node: the bus finds out

@@ -107,8 +107,19 @@ class Moderation:
     # -- who is who --------------------------------------------------------
 
     def is_operator(self, name: str | None) -> bool:
-        """Whether ``name`` is a server operator (an ``--operators`` account)."""
-        return name is not None and name.lower() in self.operators
+        """Whether ``name`` is a server operator: listed in ``--operators``
+        *and* an account (a guest under a listed name that nobody
+        registered yet is nobody special)."""
+        return name is not None and name.lower() in self.operators and self.hub.is_account(name.lower())
+
+    def lobby_muted(self, name: str) -> bool:
+        """Whether ``name`` is muted in ``#lobby`` (asked for every lobby
+        message: a dictionary lookup unless someone was ever muted there)."""
+        mutes = self._mutes_of(LOBBY)
+        if not mutes:
+            return False
+        mute = mutes.get(name.lower())
+        return mute is not None and mute.active(self.now()) and not self.is_operator(name)
 
     def is_op(self, record: RoomRecord, name: str | None) -> bool:
         """Whether ``name`` is op of the room (server operators are, everywhere)."""
@@ -280,7 +291,7 @@ class Moderation:
         )
         self._save_ban(ban)
         done = Done(f"Banned {target} from {record.name}", {"room": record.name, "user": target})
-        if any(name.lower() == target.lower() for name in self._members) or record.key == LOBBY:
+        if any(name.lower() == target.lower() for name in self._members):
             done.effects.append(lambda: self.remove(record, target, "banned", by, comment))
         return done
 

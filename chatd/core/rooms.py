@@ -194,9 +194,13 @@ class Room:
             if session is not subject and (session.name or "").lower() != lower:
                 session.presence(user, status, self.name)
 
-    def notify(self, kind: str, content: dict[str, Any]) -> None:
-        """Tell every member an event of the room (``topic``, ...)."""
+    def notify(self, kind: str, content: dict[str, Any], skip_name: str | None = None) -> None:
+        """Tell every member an event of the room (``topic``, ...), but
+        the sessions of ``skip_name`` (a presence about that name)."""
+        skip = skip_name.lower() if skip_name is not None else None
         for session in list(self._members.values()):
+            if skip is not None and (session.name or "").lower() == skip:
+                continue
             try:
                 session.notify(kind, content)
             except Exception:

@@ -49,6 +49,26 @@ class ServerConfig:
     max_sessions: int = 8  # sessions one account may have at once
 
 
+def close_all(protocols: list[Any], clock: IReactorTime, grace: float, abort_all: Any) -> Deferred[None]:
+    """Tell each of ``protocols`` to shut down; a Deferred the factory
+    fires once they are all closed (``abort_all()`` after ``grace``
+    seconds for those that would not close), already fired if none."""
+    for protocol in protocols:
+        protocol.shut_down()
+    if not protocols:
+        return succeed(None)
+    done: Deferred[None] = Deferred()
+    abort = clock.callLater(grace, abort_all)
+
+    def cancel_abort(result: Failure | None) -> Failure | None:
+        if abort.active():
+            abort.cancel()
+        return result
+
+    done.addBoth(cancel_abort)
+    return done
+
+
 class BusyProtocol(Protocol):
     """Answers ``server_busy`` (one JSON object and a newline), then closes."""
 
@@ -171,20 +191,8 @@ class ChatFactory(ServerFactory[ChatProtocol]):
         self.shutting_down = True
         self.hub.flush()
         self.log.info("shutting down: closing {count} connections", count=len(self.protocols))
-        for protocol in list(self.protocols):
-            protocol.shut_down()
-        if not self.protocols:
-            return succeed(None)
-        done: Deferred[None] = Deferred()
+        done = close_all(list(self.protocols), self.clock, grace, self._abort_all)
         self._until_empty = [done]
-        abort = self.clock.callLater(grace, self._abort_all)
-
-        def cancel_abort(result: Failure | None) -> Failure | None:
-            if abort.active():
-                abort.cancel()
-            return result
-
-        done.addBoth(cancel_abort)
         return done
 
     def _abort_all(self) -> None:

@@ -19,7 +19,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from chatd.caps import host_of
 from chatd.frontends.irc.connection import IRCConnection
@@ -27,6 +26,7 @@ from chatd.frontends.irc.encoding import ClientTags
 from chatd.frontends.irc.moderation import Masks
 from chatd.frontends.irc.protocol import IRCProtocol
 from chatd.frontends.irc.sasl import AccountCheck, no_accounts
+from chatd.server import close_all
 
 if TYPE_CHECKING:
     from chatd.server import ChatFactory
@@ -172,20 +172,8 @@ class IRCFactory(ServerFactory[IRCProtocol]):
         """Tell every IRC client the server is going and close; fires when
         all are closed (the rest aborted after ``grace`` seconds)."""
         self.shutting_down = True
-        for protocol in list(self.protocols):
-            protocol.shut_down()
-        if not self.protocols:
-            return succeed(None)
-        done: Deferred[None] = Deferred()
+        done = close_all(list(self.protocols), self.clock, grace, self._abort_all)
         self._until_empty = [done]
-        abort = self.clock.callLater(grace, self._abort_all)
-
-        def cancel_abort(result: Failure | None) -> Failure | None:
-            if abort.active():
-                abort.cancel()
-            return result
-
-        done.addBoth(cancel_abort)
         return done
 
     def _abort_all(self) -> None:

@@ -167,6 +167,8 @@ class SaslTests(AccountsTestCase):
 
     def test_json_ban_and_lobby_kick_as_irc_sees_them(self) -> None:
         self.chat_factory.hub.moderation.operators = frozenset({"operuser"})
+        # A server operator is a listed name that is an account.
+        self.chat_factory.hub.is_account = lambda lower: lower == "operuser"
         oper = self.sasl_client()
         oper.send("AUTHENTICATE PLAIN", "AUTHENTICATE " + plain(b"", b"Operuser", b"operpassword"))
         oper.send("NICK o", "USER u 0 * :x", "CAP END")

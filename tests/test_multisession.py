@@ -188,3 +188,19 @@ class StoredDirectMessageTests(SynchronousTestCase):
         guest, _ = self.login("carl", password=False)
         guest.send("msg", "hello?", to="bob")
         self.assertEqual(guest.one()["code"], "no_such_user")
+
+
+class PartStopsWatchingTests(SynchronousTestCase):
+    def test_a_part_by_one_session_leaves_no_empty_room_behind(self) -> None:
+        factory, _ = with_accounts()
+        factory.accounts.register("alice", "alice password", "127.0.0.1")  # type: ignore[union-attr]
+        clients = []
+        for _ in range(2):
+            client = FakeClient(factory)
+            client.send("hello", {"protocol": 2})
+            client.send("login", "alice", password="alice password")
+            client.received()
+            clients.append(client)
+        clients[0].send("join", "#dev")
+        clients[0].send("part", "#dev")
+        self.assertNotIn("#dev", factory.hub.rooms)

@@ -800,15 +800,20 @@ class Hub:
                 self._announce_leaving(lobby_room, session, str(session.name), comment)
             return record
         self._joined.get(session, {}).pop(key, None)
-        self._leave_room(session, key, announce=announce, comment=comment, parted=True)
-        # Membership belongs to the name: its other sessions leave too.
+        # Membership belongs to the name: its other sessions leave too,
+        # before the room is left (which stops watching a room nobody
+        # here is in any more).
+        parted = []
         for other in self.sessions_of(str(session.name)):
             if other is not session and key in self._joined.get(other, {}):
                 self._joined[other].pop(key, None)
                 room = self.rooms.get(key)
                 if room is not None:
                     room.remove(other)
-                other.notify("parted", {"room": record.name})
+                parted.append(other)
+        self._leave_room(session, key, announce=announce, comment=comment, parted=True)
+        for other in parted:
+            other.notify("parted", {"room": record.name})
         if self.account_sessions is not None and self._is_account(str(session.name).lower()):
             # ... and so do those on other nodes.
             self.bus.announce_event(record.name, "name_parted", {"user": str(session.name), "room": record.name})
@@ -928,7 +933,7 @@ class Hub:
             recipient, offline = self._recipient(to, sender)
             draft = Draft(dm_key(sender, recipient), sender, self.checked_text(text), self.now(), session, to=recipient)
             draft.offline = offline
-            draft.owners = tuple(name.lower() for name in {sender.lower(): sender, recipient.lower(): recipient}.values() if self._is_account(name.lower()))
+            draft.owners = tuple(lower for lower in sorted({sender.lower(), recipient.lower()}) if self._is_account(lower))
         else:
             if room is None:
                 if self.moderation.lobby_muted(sender):

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatd import messages
+from chatd.core.moderation import MAX_COMMENT
 from chatd.core.rooms import LOBBY
 from chatd.messages import ChatError
 
-#: A ``comment`` longer than this many code points is cut (section 6.5).
-MAX_COMMENT = 390
 
 
 def bad_request(text: str) -> ChatError:

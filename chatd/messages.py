@@ -35,6 +35,7 @@ AUTH_FAILED = "auth_failed"
 WEAK_PASSWORD = "weak_password"
 BANNED = "banned"
 INVITE_ONLY = "invite_only"
+ROOM_FULL = "room_full"
 
 SERVER_SENDER = "server"
 

@@ -39,11 +39,11 @@ class RegistrationTests(IRCTestCase):
         self.assertEqual(commands[0], "CAP")
         welcome = commands[commands.index("001") :]
         self.assertEqual(welcome[:5], ["001", "002", "003", "004", "005"])
-        self.assertEqual(welcome[6:11], ["251", "252", "254", "255", "422"])
+        self.assertEqual(welcome[6:13], ["251", "252", "254", "255", "265", "266", "422"])
         self.assertEqual(find(lines, "001").params, ["alice", "Welcome to the chatd IRC network alice"])
-        self.assertEqual(find(lines, "004").params[1:], [SERVER, find(lines, "004").params[2], "io", "bimnostv"])
+        self.assertEqual(find(lines, "004").params[1:], [SERVER, find(lines, "004").params[2], "Bio", "bilmnostv"])
         tokens = [param for line in lines if line.command == "005" for param in line.params[1:-1]]
-        for token in ("CASEMAPPING=ascii", "CHANTYPES=#", "PREFIX=(ov)@+", "CHANMODES=b,,,imnst", "NICKLEN=32", "CHATHISTORY=500"):
+        for token in ("CASEMAPPING=ascii", "CHANTYPES=#", "PREFIX=(ov)@+", "CHANMODES=b,,l,imnst", "NICKLEN=32", "CHATHISTORY=500"):
             self.assertIn(token, tokens)
         self.assertTrue(all(len(line.params) - 2 <= 13 for line in lines if line.command == "005"))
         # autojoin #lobby (the default) comes after the welcome

@@ -637,6 +637,16 @@ class Hub:
                 )
         except ChatError:
             return fail()
+        if existing is not None and existing.limit is not None and not rejoin:
+            # A member limit (IRC's +l): the members now, then the join as below.
+            limited = existing
+
+            def within_limit(members: list[str]) -> Deferred[RoomRecord]:
+                self.moderation.check_limit(session, limited, members)
+                return self.directory.create(name, self.now())
+
+            d = self.directory.members(key).addCallback(within_limit)
+            return d.addCallback(self._watch_room, session).addCallback(self._joined_everywhere, session, rejoin)
         d = self.directory.create(name, self.now())
         return d.addCallback(self._watch_room, session).addCallback(self._joined_everywhere, session, rejoin)
 

@@ -154,6 +154,16 @@ class Moderation:
             if record.key not in self._invited.get(name.lower(), set()):
                 raise ChatError(messages.INVITE_ONLY, f"{record.name} is invite-only: an operator must invite you.")
 
+    def check_limit(self, session: ISession, record: RoomRecord, members: list[str]) -> None:
+        """``room_full``: the room has its limit of ``members`` (an
+        invitation or a server operator passes it, as on IRC)."""
+        name = session.name or ""
+        if record.limit is None or len(members) < record.limit or self.is_operator(name):
+            return
+        if record.key in self._invited.get(name.lower(), set()):
+            return
+        raise ChatError(messages.ROOM_FULL, f"{record.name} is full: it takes {record.limit} members.")
+
     def joined(self, name: str, room_key: str) -> None:
         """``name`` joined: its invitation to the room is used up."""
         rooms = self._invited.get(name.lower())
@@ -240,6 +250,8 @@ class Moderation:
         actor = session.name or ""
         key = record.key
         flags = {flag: content[flag] for flag in DEFAULT_MODES if flag in content}
+        if kind == "mode" and "limit" in content:
+            flags["limit"] = True  # a change: needs op, like a flag (the value is content's)
         member = self.hub.in_room(session, key)
         operator = self.is_operator(actor)
         if not member and not operator:
@@ -358,12 +370,17 @@ class Moderation:
     def _mode(self, session: ISession, record: RoomRecord, content: dict[str, Any], flags: dict[str, bool]) -> Done:
         if not flags:
             return Done(f"Modes of {record.name}", {"room": record.name, "modes": self.hub.modes_of(record)})
-        changed = {flag: value for flag, value in flags.items() if record.modes.get(flag) != value}
+        limit = content.get("limit")
+        flags = {flag: value for flag, value in flags.items() if flag in DEFAULT_MODES}
+        changed: dict[str, object] = {flag: value for flag, value in flags.items() if record.modes.get(flag) != value}
+        if isinstance(limit, int) and (limit or None) != record.limit:
+            changed["limit"] = limit
         by = session.name or ""
         done = Done(f"Modes of {record.name} set", {"room": record.name})
 
         def change(current: RoomRecord) -> RoomRecord:
-            return current.with_modes(flags)
+            updated = current.with_modes(flags)
+            return updated.with_limit(limit) if isinstance(limit, int) else updated
 
         def apply() -> None:
             d = self.hub.directory.update(record.key, change)

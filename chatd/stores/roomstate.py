@@ -35,6 +35,8 @@ class RoomRecord:
     modes: dict[str, bool] = field(default_factory=lambda: dict(DEFAULT_MODES))
     ops: tuple[str, ...] = ()
     voiced: tuple[str, ...] = ()
+    #: The most members the room takes (IRC's ``+l``); None: no limit.
+    limit: int | None = None
 
     @property
     def key(self) -> str:
@@ -62,6 +64,10 @@ class RoomRecord:
         modes.update({flag: value for flag, value in changes.items() if flag in DEFAULT_MODES})
         return replace(self, modes=modes)
 
+    def with_limit(self, limit: int | None) -> RoomRecord:
+        """The record with a member limit (None or 0: none)."""
+        return replace(self, limit=limit or None)
+
     def with_topic(self, topic: str, by: str | None, at: str | None) -> RoomRecord:
         """The record with a new topic (``""``, None, None: cleared)."""
         return replace(self, topic=topic, topic_by=by, topic_set_at=at)
@@ -78,6 +84,7 @@ class RoomRecord:
                 "modes": self.modes,
                 "ops": list(self.ops),
                 "voiced": list(self.voiced),
+                "limit": self.limit,
             },
             ensure_ascii=True,
             separators=(",", ":"),
@@ -94,6 +101,7 @@ class RoomRecord:
             raise ValueError("a room record needs a name and a creation time")
         topic = data.get("topic", "")
         by, at = data.get("topic_by"), data.get("topic_set_at")
+        limit = data.get("limit")
         modes = dict(DEFAULT_MODES)
         stored = data.get("modes")
         if isinstance(stored, dict):
@@ -107,6 +115,7 @@ class RoomRecord:
             modes=modes,
             ops=_names(data.get("ops")),
             voiced=_names(data.get("voiced")),
+            limit=limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None,
         )
 
 

@@ -22,10 +22,11 @@ from chatd.core.hub import DEFAULT_ROOM, Joined, is_valid_name
 from chatd.core.rooms import dm_key
 from chatd.frontends.irc import numerics as N
 from chatd.frontends.irc.connection import IRCConnection, then
-from chatd.frontends.irc.encoding import TAGS_ALL, conversation_key
+from chatd.frontends.irc.encoding import conversation_key
 from chatd.frontends.irc.lines import MAX_LINE_BYTES, Line, build, format_tags
 from chatd.core.moderation import Done
 from chatd.frontends.irc.moderation import FLAG_LETTERS, is_lobby, mask_of
+from chatd.frontends.json.requests import MAX_ROOM_LIMIT
 from chatd.messages import ChatError
 from chatd.stores.roomstate import RoomRecord
 
@@ -53,12 +54,15 @@ def unix_time(timestamp: str | None) -> str:
     return str(int(moment.replace(tzinfo=datetime.timezone.utc).timestamp()))
 
 
-def mode_string(record: RoomRecord) -> str:
-    """A room's modes as 324 shows them: ``+nt``."""
+def mode_string(record: RoomRecord) -> list[str]:
+    """A room's modes as 324 shows them: ``+nt``, or ``+lnt 10``."""
     modes = record.modes
     if is_lobby(record):
-        return "+nt"
-    return "+" + "".join(letter for letter, flag in sorted(FLAG_LETTERS.items()) if modes.get(flag))
+        return ["+nt"]
+    letters = "".join(letter for letter, flag in sorted(FLAG_LETTERS.items()) if modes.get(flag))
+    if record.limit is not None:
+        return ["+l" + letters, str(record.limit)]
+    return ["+" + letters]
 
 
 class Commands(IRCConnection):
@@ -82,6 +86,7 @@ class Commands(IRCConnection):
         self.line("ERROR", [f"Closing link: {self.source} (Quit: {comment})"], trailing=True, response=False)
         if self.name is not None:
             name = self.name
+            self.departed()
             self.hub.logout(self, comment=comment or None)
             self.log.info("{user} quit", user=name)
             self.name = None
@@ -205,7 +210,8 @@ class Commands(IRCConnection):
 
     def show_join(self, record: RoomRecord, members: list[str], response: bool = True) -> None:
         """The JOIN line, the topic (332, 333) and the names (353, 366)."""
-        self.line("JOIN", [record.name], self.source, response=response)
+        params, trailing = self.join_params(record.name, self.me)
+        self.line("JOIN", params, self.source, trailing=trailing, response=response, account=self.account)
         if record.topic:
             self.numeric(N.RPL_TOPIC, record.name, record.topic)
             self.numeric(N.RPL_TOPICWHOTIME, record.name, record.topic_by or self.server, unix_time(record.topic_set_at))
@@ -444,6 +450,8 @@ class Commands(IRCConnection):
         ident = f"{key}:t{secrets.token_hex(8)}"
         now = hub.now()
         server_tags = "msgid=" + ident
+        if self.bot:
+            server_tags += ";bot"
         if client_tags:
             server_tags += ";" + format_tags(client_tags)
         params = [shown] if text is None else [shown, text]
@@ -451,15 +459,15 @@ class Commands(IRCConnection):
         for session in recipients:
             if session is self or not isinstance(session, IRCConnection) or session.closing:
                 continue
-            if text is None and session.tag_mode != TAGS_ALL:
+            if text is None and "message-tags" not in session.caps:
                 continue
-            session.put(session.tags_for(server_tags, now), body, response=False)
+            session.put(session.tags_for(server_tags, now, self.account), body, response=False)
             session.check_sendq()
         to_self = not target.startswith("#") and shown.lower() == self.me.lower()
-        if "echo-message" in self.caps and (text is not None or self.tag_mode == TAGS_ALL):
-            self.put(self.tags_for(server_tags, now), body)
-        if to_self and (text is not None or self.tag_mode == TAGS_ALL):
-            self.put(self.tags_for(server_tags, now), body, response=False)
+        if "echo-message" in self.caps and (text is not None or "message-tags" in self.caps):
+            self.put(self.tags_for(server_tags, now, self.account), body)
+        if to_self and (text is not None or "message-tags" in self.caps):
+            self.put(self.tags_for(server_tags, now, self.account), body, response=False)
 
     def _check_postable(self, record: RoomRecord) -> None:
         """What the hub checks of a room message, for a relay (404 etc.)."""
@@ -511,6 +519,8 @@ class Commands(IRCConnection):
             flags = "G" if session.away else "H"
             if session.operator:
                 flags += "*"
+            if session.bot:
+                flags += "B"
         else:
             user, host, realname, flags = name, "json", name, "H"
         if record is not None:
@@ -597,6 +607,8 @@ class Commands(IRCConnection):
                 self.numeric(N.RPL_AWAY, found, away)
             if getattr(session, "operator", False):
                 self.numeric(N.RPL_WHOISOPERATOR, found, "is an IRC operator")
+            if getattr(session, "bot", False):
+                self.numeric(N.RPL_WHOISBOT, found, "is a bot")
             account = getattr(session, "account", None)
             if isinstance(account, str):
                 self.numeric(N.RPL_WHOISACCOUNT, found, account, "is logged in as")
@@ -643,13 +655,15 @@ class Commands(IRCConnection):
             if not record.public and not hub.in_room(self, record.key):
                 self.numeric(N.ERR_NOTONCHANNEL, record.name, "You're not on that channel")
                 return None
-            self.numeric(N.RPL_CHANNELMODEIS, record.name, mode_string(record))
+            self.numeric(N.RPL_CHANNELMODEIS, record.name, *mode_string(record))
             self.numeric(N.RPL_CREATIONTIME, record.name, unix_time(record.created))
             return None
         return self.room_modes(record, line.params[1], line.params[2:])
 
     def user_mode(self, target: str, changes: str) -> None:
-        """``MODE <own nick> [+i|-i|-o]``: 221, 501, 502."""
+        """``MODE <own nick> [+i|-i|+B|-B|-o]``: 221, 501, 502.  ``+B`` marks
+        a bot (IRCv3 bot-mode): its messages carry a ``bot`` tag, WHOIS
+        shows 335 and WHO the flag ``B``."""
         if target.lower() != self.me.lower():
             if self.hub.session_named(target) is None:
                 self.numeric(N.ERR_NOSUCHNICK, target, "No such nick/channel")
@@ -657,7 +671,8 @@ class Commands(IRCConnection):
                 self.numeric(N.ERR_USERSDONTMATCH, "Can't change mode for other users")
             return
         if not changes:
-            self.numeric(N.RPL_UMODEIS, "+" + ("i" if self.invisible else "") + ("o" if self.operator else ""))
+            modes = ("B" if self.bot else "") + ("i" if self.invisible else "") + ("o" if self.operator else "")
+            self.numeric(N.RPL_UMODEIS, "+" + modes)
             return
         sign = "+"
         applied = ""
@@ -671,6 +686,11 @@ class Commands(IRCConnection):
                 if self.invisible != (sign == "+"):
                     self.invisible = sign == "+"
                     applied += (sign if applied_sign != sign else "") + "i"
+                    applied_sign = sign
+            elif char == "B":
+                if self.bot != (sign == "+"):
+                    self.bot = sign == "+"
+                    applied += (sign if applied_sign != sign else "") + "B"
                     applied_sign = sign
             elif char == "o":
                 if sign == "-" and self.operator:
@@ -694,6 +714,7 @@ class Commands(IRCConnection):
         op = self.operator or hub.moderation.is_op(record, self.name)
         args = list(arguments)
         flags: dict[str, bool] = {}
+        limit: int | None = None  # +l N; 0 for -l
         roles: list[tuple[str, str]] = []
         bans: list[tuple[str, bool]] = []
         list_bans = False
@@ -708,6 +729,18 @@ class Commands(IRCConnection):
                 if args:
                     kind = ("op" if sign == "+" else "deop") if char == "o" else ("voice" if sign == "+" else "devoice")
                     roles.append((kind, args.pop(0)))
+            elif char == "l":
+                if sign == "-":
+                    limit = 0
+                    continue
+                if not args:
+                    self.numeric(N.ERR_NEEDMOREPARAMS, "MODE", "Not enough parameters")
+                    continue
+                text = args.pop(0)
+                if not text.isdigit() or not 1 <= int(text) <= MAX_ROOM_LIMIT:
+                    self.numeric(N.ERR_INVALIDMODEPARAM, record.name, "l", text, "Invalid limit: a whole number from 1")
+                    continue
+                limit = int(text)
             elif char == "b":
                 if not args:
                     list_bans = True
@@ -727,12 +760,12 @@ class Commands(IRCConnection):
                 for ban in masks.bans(record.key):
                     self.numeric(N.RPL_BANLIST, record.name, ban.mask, ban.by, str(ban.at))
                 self.numeric(N.RPL_ENDOFBANLIST, record.name, "End of channel ban list")
-        if not flags and not roles and not bans:
+        if not flags and not roles and not bans and limit is None:
             return None
         if not member and not self._exempt():
             self.numeric(N.ERR_NOTONCHANNEL, record.name, "You're not on that channel")
             return None
-        if not op or (lobby and (flags or roles)):
+        if not op or (lobby and (flags or roles or limit is not None)):
             self.numeric(N.ERR_CHANOPRIVSNEEDED, record.name, "You're not channel operator")
             return None
         now = int(self.clock.seconds())
@@ -742,8 +775,11 @@ class Commands(IRCConnection):
             else:
                 masks.remove_ban(self.me, record, mask)
         d: Deferred[Any] = succeed(None)
-        if flags:
-            d = then(d, lambda: self.moderate("MODE", "mode", {"room": record.name, **flags}, record.name))
+        if flags or limit is not None:
+            content: dict[str, Any] = {"room": record.name, **flags}
+            if limit is not None:
+                content["limit"] = limit
+            d = then(d, lambda: self.moderate("MODE", "mode", content, record.name))
         for kind, user in roles:
             d = then(d, lambda kind=kind, user=user: self.moderate("MODE", kind, {"room": record.name, "user": user}, user))  # type: ignore[misc]  # defaults bind the loop's values
         return d

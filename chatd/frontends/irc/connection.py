@@ -38,6 +38,8 @@ from chatd.frontends.irc.encoding import (
     TAGS_ALL,
     TAGS_NONE,
     TAGS_TIME,
+    TAGS_ACCOUNT,
+    TAGS_BASE,
     OutLine,
     delivery_block,
     delivery_lines,
@@ -64,6 +66,8 @@ CAPABILITIES = (
     "userhost-in-names",
     "draft/chathistory",
     "away-notify",
+    "account-tag",
+    "extended-join",
 )
 
 _IDENT = re.compile(r"[^A-Za-z0-9_.-]")
@@ -124,6 +128,7 @@ class IRCConnection(Session[Received], Protocol):
     away: str | None = None
     operator = False  # a server operator (OPER, section 7.3)
     invisible = False  # user mode +i
+    bot = False  # user mode +B (IRCv3 bot-mode)
 
     # labeled-response: the lines of the command being answered, its label,
     # and the drafts whose echoes belong to it.
@@ -164,7 +169,15 @@ class IRCConnection(Session[Received], Protocol):
         """The connection ended: no longer counted, logged out, timers stopped."""
         self._cancel_keepalive()
         self.factory.connection_closed(self)
+        self.departed()
         self.end_session()
+
+    def departed(self, nick: str | None = None) -> None:
+        """This session leaves ``nick`` (default: its name, when it ends):
+        recorded for WHOWAS."""
+        nick = nick or self.name
+        if nick is not None:
+            self.factory.whowas.record(nick, self.ident, self.realname, self.clock.seconds())
 
     def write(self, data: bytes) -> None:
         """Every byte to the client goes through here (for the send queue)."""
@@ -308,24 +321,31 @@ class IRCConnection(Session[Received], Protocol):
 
     @property
     def tag_mode(self) -> int:
-        """Which tags this client gets: all, ``time`` only, or none."""
+        """Which tags this client gets: all, ``time`` only, or none; with
+        :data:`TAGS_ACCOUNT` set if it negotiated ``account-tag``."""
         caps = self.caps
+        account = TAGS_ACCOUNT if "account-tag" in caps else 0
         if "message-tags" in caps:
-            return TAGS_ALL
+            return TAGS_ALL | account
         if "server-time" in caps:
-            return TAGS_TIME
-        return TAGS_NONE
+            return TAGS_TIME | account
+        return TAGS_NONE | account
 
-    def tags_for(self, tags: str = "", time: str | None = None) -> bytes:
+    def tags_for(self, tags: str = "", time: str | None = None, account: str | None = None) -> bytes:
         """A line's tags as this client gets them: ``tags`` (serialised;
-        with message-tags only) and ``time`` (the current time if None)."""
+        with message-tags only), ``time`` (the current time if None), and
+        ``account=`` the account of the line's source, if it has one and
+        this client negotiated ``account-tag``."""
         mode = self.tag_mode
-        if mode == TAGS_NONE:
-            return b""
-        stamp = "time=" + (time or self.hub.now())
-        if mode == TAGS_ALL and tags:
-            return (tags + ";" + stamp).encode("utf-8")
-        return stamp.encode("utf-8")
+        base = mode & TAGS_BASE
+        parts = []
+        if base == TAGS_ALL and tags:
+            parts.append(tags)
+        if base != TAGS_NONE:
+            parts.append("time=" + (time or self.hub.now()))
+        if account is not None and mode & TAGS_ACCOUNT:
+            parts.append("account=" + account)
+        return ";".join(parts).encode("utf-8")
 
     def put(self, tags: bytes, body: bytes, response: bool = True) -> None:
         """One line out: into the labeled answer being collected (if
@@ -343,9 +363,21 @@ class IRCConnection(Session[Received], Protocol):
         trailing: bool = False,
         tags: str = "",
         response: bool = True,
+        account: str | None = None,
     ) -> None:
-        """A line from ``source`` (default: the server)."""
-        self.put(self.tags_for(tags), build(command, params, source or self.server, trailing), response)
+        """A line from ``source`` (default: the server); ``account``: the
+        source's account, for a client with ``account-tag``."""
+        self.put(self.tags_for(tags, account=account), build(command, params, source or self.server, trailing), response)
+
+    def join_params(self, room: str, user: str) -> tuple[list[str], bool]:
+        """A JOIN line's parameters (and whether the last is trailing):
+        with ``extended-join``, the joiner's account (``*``: none) and
+        realname too."""
+        if "extended-join" not in self.caps:
+            return [room], False
+        session = self.hub.session_named(user)
+        realname = session.realname if isinstance(session, IRCConnection) else user
+        return [room, self.factory.account_of(user) or "*", realname or user], True
 
     def numeric(self, code: str, *params: str) -> None:
         """A numeric to this client; the last parameter is its text."""
@@ -472,10 +504,10 @@ class IRCConnection(Session[Received], Protocol):
         factory = self.factory
         mode = self.tag_mode
         if not delivery.posted_by(self):
-            output.send(delivery_block(delivery, mode, factory.source_of, factory.client_tags))
+            output.send(delivery_block(delivery, mode, factory.source_of, factory.client_tags, factory.sender_tags))
             return
         echo = "echo-message" in self.caps
-        encoded = delivery_lines(delivery, mode, factory.source_of, factory.client_tags)
+        encoded = delivery_lines(delivery, mode, factory.source_of, factory.client_tags, factory.sender_tags)
         for message, draft, lines in zip(delivery.messages, delivery.drafts, encoded):
             if draft is None or draft.origin is not self:
                 output.send(b"".join(assemble(tags, body) for tags, body in lines))
@@ -506,7 +538,8 @@ class IRCConnection(Session[Received], Protocol):
         name whose last session ended)."""
         if status == "online":
             source = self.factory.source_of(user)
-            self.line("JOIN", [room], source, response=False)
+            params, trailing = self.join_params(room, user)
+            self.line("JOIN", params, source, trailing=trailing, response=False, account=self.factory.account_of(user))
             if "away-notify" in self.caps:
                 away = getattr(self.hub.session_named(user), "away", None)
                 if isinstance(away, str):
@@ -549,7 +582,8 @@ class IRCConnection(Session[Received], Protocol):
         elif kind == "mode":
             self.line("MODE", [room, *mode_changes(content)], source, response=own)
         elif kind == "invite":
-            self.line("INVITE", [self.me, room], source, response=False)
+            account = self.factory.account_of(by) if isinstance(by, str) else None
+            self.line("INVITE", [self.me, room], source, response=False, account=account)
         elif kind in ("mute", "unmute") and isinstance(by, str):
             verb = "muted" if kind == "mute" else "unmuted"
             self.send_info(f"You were {verb} in {room} by {by}")
@@ -622,8 +656,9 @@ def mode_changes(content: dict[str, Any]) -> list[str]:
         return [("-" if content.get("removed") else "+") + "b", ban]
     out = ""
     sign = ""
-    flags: dict[str, Any] = content.get("modes") or {}
-    # What was set first, then what was unset: "+im-t".
+    flags: dict[str, Any] = dict(content.get("modes") or {})
+    limit = flags.pop("limit", None)
+    # What was set first, then what was unset: "+im-t"; a limit last.
     for flag, value in sorted(flags.items(), key=lambda item: not item[1]):
         char = letters.get(str(flag))
         if char is None:
@@ -633,4 +668,7 @@ def mode_changes(content: dict[str, Any]) -> list[str]:
             out += wanted
             sign = wanted
         out += char
+    if isinstance(limit, int):
+        out += ("+l" if sign != "+" else "l") if limit else ("-l" if sign != "-" else "l")
+        return [out, str(limit)] if limit else [out]
     return [out or "+"]

@@ -27,6 +27,11 @@ from chatd.stores.history import StoredMessage
 TAGS_NONE = 0
 TAGS_TIME = 1
 TAGS_ALL = 2
+#: The bits of a tag mode that say which of the three it is.
+TAGS_BASE = 3
+#: A flag on a tag mode: the recipient negotiated ``account-tag`` (an
+#: author's account rides on its messages, whatever the rest).
+TAGS_ACCOUNT = 4
 
 #: One line to send, apart: its serialised tags (for its recipient's tag
 #: mode, without ``@``) and its tag-less part (no CR LF).
@@ -34,6 +39,15 @@ OutLine = tuple[bytes, bytes]
 
 #: The source of a message's author: ``nick!user@host``.
 SourceOf = Callable[[str], str]
+
+#: The tags an author's messages carry for a recipient in a tag mode
+#: (``account=...``, ``bot``), serialised; ``""`` for none.
+SenderTags = Callable[[str, int], str]
+
+
+def no_sender_tags(name: str, mode: int) -> str:
+    """No author tags (history, tests)."""
+    return ""
 
 
 def conversation_key(room: str) -> str:
@@ -83,13 +97,17 @@ def message_lines(
     notice: bool = False,
     client_tags: str = "",
     extra_tags: str = "",
+    sender_tags: str = "",
 ) -> list[OutLine]:
     """The lines of one stored message for a recipient in tag ``mode``.
 
     ``client_tags`` (serialised ``+name`` tags) and ``extra_tags`` (e.g.
     ``batch=...``) are added in mode :data:`TAGS_ALL`; ``extra_tags`` also
-    in the others where it is a ``batch`` tag the recipient asked for.
+    in the others where it is a ``batch`` tag the recipient asked for;
+    ``sender_tags`` (the author's ``account``, ``bot``) as the caller
+    chose them for ``mode``.
     """
+    base = mode & TAGS_BASE
     command = "NOTICE" if notice else "PRIVMSG"
     target = target_of(message)
     prefix = len(f":{source} {command} {target} :".encode("utf-8"))
@@ -99,11 +117,13 @@ def message_lines(
         parts: list[str] = []
         if extra_tags:
             parts.append(extra_tags)
-        if mode == TAGS_ALL:
+        if base == TAGS_ALL:
             parts.append("msgid=" + (ident if k == 1 else f"{ident}/{k}"))
-        if mode != TAGS_NONE:
+        if base != TAGS_NONE:
             parts.append("time=" + message.timestamp)
-        if mode == TAGS_ALL and client_tags:
+        if sender_tags:
+            parts.append(sender_tags)
+        if base == TAGS_ALL and client_tags:
             parts.append(client_tags)
         lines.append((";".join(parts).encode("utf-8"), build(command, [target, piece], source, trailing=True)))
     return lines
@@ -137,13 +157,26 @@ class ClientTags:
         return len(self._tags)
 
 
-def delivery_lines(delivery: Delivery, mode: int, source_of: SourceOf, client_tags: ClientTags) -> list[list[OutLine]]:
+def delivery_lines(
+    delivery: Delivery,
+    mode: int,
+    source_of: SourceOf,
+    client_tags: ClientTags,
+    sender_tags: SenderTags = no_sender_tags,
+) -> list[list[OutLine]]:
     """Each message of the batch as its lines in tag ``mode``, encoded
     once per batch for every IRC member."""
 
     def encode(messages: Iterable[StoredMessage]) -> list[list[OutLine]]:
         return [
-            message_lines(message, source_of(message.sender), mode, is_notice(message, draft), client_tags.of(draft))
+            message_lines(
+                message,
+                source_of(message.sender),
+                mode,
+                is_notice(message, draft),
+                client_tags.of(draft),
+                sender_tags=sender_tags(message.sender, mode),
+            )
             for message, draft in zip(delivery.messages, delivery.drafts)
         ]
 
@@ -151,13 +184,19 @@ def delivery_lines(delivery: Delivery, mode: int, source_of: SourceOf, client_ta
     return lines
 
 
-def delivery_block(delivery: Delivery, mode: int, source_of: SourceOf, client_tags: ClientTags) -> bytes:
+def delivery_block(
+    delivery: Delivery,
+    mode: int,
+    source_of: SourceOf,
+    client_tags: ClientTags,
+    sender_tags: SenderTags = no_sender_tags,
+) -> bytes:
     """The whole batch, ready to write, in tag ``mode``: once per batch."""
 
     def encode(_: object) -> bytes:
         return b"".join(
             assemble(tags, body)
-            for message_lines_ in delivery_lines(delivery, mode, source_of, client_tags)
+            for message_lines_ in delivery_lines(delivery, mode, source_of, client_tags, sender_tags)
             for tags, body in message_lines_
         )
 

@@ -22,10 +22,11 @@ from twisted.logger import Logger
 
 from chatd.caps import host_of
 from chatd.frontends.irc.connection import IRCConnection
-from chatd.frontends.irc.encoding import ClientTags
+from chatd.frontends.irc.encoding import TAGS_ACCOUNT, TAGS_ALL, TAGS_BASE, ClientTags
 from chatd.frontends.irc.moderation import Masks
 from chatd.frontends.irc.protocol import IRCProtocol
 from chatd.frontends.irc.sasl import AccountCheck, no_accounts
+from chatd.frontends.irc.whowas import WhowasLog
 from chatd.server import close_all
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class IRCFactory(ServerFactory[IRCProtocol]):
         self.client_tags = ClientTags()
         self.masks = Masks(self.hub)
         self.created = self.clock.seconds()
+        self.whowas = WhowasLog()
+        #: The most IRC clients registered at once since start (265, 266).
+        self.most_clients = 0
         self.shutting_down = False
         self._sources: OrderedDict[str, str] = OrderedDict()
         self._until_empty: list[Deferred[None]] = []
@@ -155,6 +159,35 @@ class IRCFactory(ServerFactory[IRCProtocol]):
         if remembered is not None and remembered.split("!", 1)[0] == name:
             return remembered
         return f"{name}!{name}@json"
+
+    def account_of(self, name: str) -> str | None:
+        """The account ``name``'s session here is logged in as, if any (an
+        IRC session's SASL or PASS account; a JSON session's name when it
+        logged in with a password)."""
+        session = self.hub.session_named(name)
+        if session is None:
+            return None
+        account = getattr(session, "account", None)
+        if isinstance(account, str):
+            return account
+        return session.name if account is True else None
+
+    def is_bot(self, name: str) -> bool:
+        """Whether ``name``'s session here set user mode ``+B``."""
+        return bool(getattr(self.hub.session_named(name), "bot", False))
+
+    def sender_tags(self, name: str, mode: int) -> str:
+        """The tags ``name``'s messages carry in tag ``mode``: its
+        ``account`` (for ``account-tag``) and ``bot`` (``+B``, for
+        ``message-tags``)."""
+        parts = []
+        if mode & TAGS_ACCOUNT:
+            account = self.account_of(name)
+            if account is not None:
+                parts.append("account=" + account)
+        if mode & TAGS_BASE == TAGS_ALL and self.is_bot(name):
+            parts.append("bot")
+        return ";".join(parts)
 
     def history_source_of(self, name: str) -> str:
         """A stored message's author: as it appeared, or ``name!name@history``."""

@@ -28,7 +28,7 @@ ISUPPORT = (
     "CASEMAPPING=ascii",
     "CHANTYPES=#",
     "PREFIX=(ov)@+",
-    "CHANMODES=b,,,imnst",
+    "CHANMODES=b,,l,imnst",
     "NICKLEN=32",
     "CHANNELLEN=49",
     "TOPICLEN=390",
@@ -39,6 +39,7 @@ ISUPPORT = (
     "CHATHISTORY=500",
     "MSGREFTYPES=msgid,timestamp",
     "TARGMAX=JOIN:,PART:,KICK:4,NAMES:1,PRIVMSG:4,NOTICE:4,TAGMSG:4,WHOIS:1",
+    "BOT=B",
 )
 TOKENS_PER_LINE = 13
 
@@ -135,10 +136,11 @@ class Registration(IRCConnection):
         if self.account is not None:
             self.numeric(N.ERR_CANTCHANGENICK, "You cannot change your nick: it is your account's name")
             return None
-        old_source = self.source
+        old_source, old = self.source, self.name
         d = self.hub.rename(self, nick)
 
         def renamed(new: str) -> None:
+            self.departed(old)
             self.nick = new
             self.factory.remember(new, self.source)
             self.line("NICK", [new], old_source)
@@ -375,7 +377,7 @@ class Registration(IRCConnection):
         self.numeric(N.RPL_WELCOME, f"Welcome to the chatd IRC network {me}")
         self.numeric(N.RPL_YOURHOST, f"Your host is {server}, running version {version}")
         self.numeric(N.RPL_CREATED, f"This server was created {created:%Y-%m-%d %H:%M:%S} UTC")
-        self.put(self.tags_for(), f":{server} {N.RPL_MYINFO} {me} {server} {version} io bimnostv".encode("utf-8"))
+        self.put(self.tags_for(), f":{server} {N.RPL_MYINFO} {me} {server} {version} Bio bilmnostv".encode("utf-8"))
         tokens = [token.format(network=self.factory.config.network) for token in ISUPPORT]
         for start in range(0, len(tokens), TOKENS_PER_LINE):
             chunk = tokens[start : start + TOKENS_PER_LINE]
@@ -387,14 +389,19 @@ class Registration(IRCConnection):
         self.motd()
 
     def lusers(self) -> None:
-        """251, 252, 254, 255."""
+        """251, 252, 254, 255, then 265 and 266 (the current and most
+        users since start; one server, so local and global agree)."""
         users = self.hub.local_users
-        operators = sum(1 for protocol in self.factory.protocols if protocol.operator)
+        factory = self.factory
+        factory.most_clients = most = max(factory.most_clients, users)
+        operators = sum(1 for protocol in factory.protocols if protocol.operator)
         rooms = self.hub.room_count()
         self.numeric(N.RPL_LUSERCLIENT, f"There are {users} users and 0 invisible on 1 servers")
         self.numeric(N.RPL_LUSEROP, str(operators), "operator(s) online")
         self.numeric(N.RPL_LUSERCHANNELS, str(rooms), "channels formed")
         self.numeric(N.RPL_LUSERME, f"I have {users} clients and 0 servers")
+        self.numeric(N.RPL_LOCALUSERS, str(users), str(most), f"Current local users {users}, max {most}")
+        self.numeric(N.RPL_GLOBALUSERS, str(users), str(most), f"Current global users {users}, max {most}")
 
     def motd(self) -> None:
         """375, 372 per line, 376; or 422."""

@@ -255,6 +255,8 @@ MODERATION: dict[str, tuple[str, ...]] = {
 
 #: The flags ``mode`` may set.
 MODE_FLAGS = ("invite_only", "topic_ops", "moderated", "secret", "no_external")
+#: The largest member limit a room may have (``mode`` ``limit``; IRC ``+l``).
+MAX_ROOM_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,11 @@ def parse_moderation(request: dict[str, Any]) -> ModerationRequest:
                 if not isinstance(content[flag], bool):
                     raise bad_request(f"'{flag}' must be true or false.")
                 fields[flag] = content[flag]
+        if "limit" in content:
+            limit = content["limit"]
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_ROOM_LIMIT:
+                raise bad_request(f"'limit' must be a whole number from 0 (none) to {MAX_ROOM_LIMIT}.")
+            fields["limit"] = limit
     return ModerationRequest(kind, fields)
 
 

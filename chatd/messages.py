@@ -36,6 +36,7 @@ WEAK_PASSWORD = "weak_password"
 BANNED = "banned"
 INVITE_ONLY = "invite_only"
 ROOM_FULL = "room_full"
+BAD_KEY = "bad_key"
 
 SERVER_SENDER = "server"
 

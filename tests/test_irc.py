@@ -41,9 +41,9 @@ class RegistrationTests(IRCTestCase):
         self.assertEqual(welcome[:5], ["001", "002", "003", "004", "005"])
         self.assertEqual(welcome[6:13], ["251", "252", "254", "255", "265", "266", "422"])
         self.assertEqual(find(lines, "001").params, ["alice", "Welcome to the chatd IRC network alice"])
-        self.assertEqual(find(lines, "004").params[1:], [SERVER, find(lines, "004").params[2], "Bio", "bilmnostv"])
+        self.assertEqual(find(lines, "004").params[1:], [SERVER, find(lines, "004").params[2], "Bio", "biklmnostv"])
         tokens = [param for line in lines if line.command == "005" for param in line.params[1:-1]]
-        for token in ("CASEMAPPING=ascii", "CHANTYPES=#", "PREFIX=(ov)@+", "CHANMODES=b,,l,imnst", "NICKLEN=32", "CHATHISTORY=500"):
+        for token in ("CASEMAPPING=ascii", "CHANTYPES=#", "PREFIX=(ov)@+", "CHANMODES=b,k,l,imnst", "NICKLEN=32", "CHATHISTORY=500"):
             self.assertIn(token, tokens)
         self.assertTrue(all(len(line.params) - 2 <= 13 for line in lines if line.command == "005"))
         # autojoin #lobby (the default) comes after the welcome
@@ -288,7 +288,7 @@ class ChannelTests(IRCTestCase):
         alice.send("MODE #m +v bob")
         self.assertEqual(bob.lines()[0].params, ["#m", "+v", "bob"])
         alice.lines()
-        bob.send("MODE #m -i", "MODE #m +k key", "MODE #m +b bad!mask@host")
+        bob.send("MODE #m -i", "MODE #m +q key", "MODE #m +b bad!mask@host")
         self.assertEqual(bob.commands(), ["482", "472", "696"])
         alice.send("MODE #m +b spam*", "MODE #m b")
         lines = alice.lines()

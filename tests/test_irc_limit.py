@@ -115,3 +115,61 @@ class LimitTests(IRCTestCase):
         self.assertEqual(RoomRecord.from_json(record.to_json()).limit, 7)
         self.assertIsNone(RoomRecord.from_json(record.with_limit(0).to_json()).limit)
         self.assertIsNone(RoomRecord.from_json(record.to_json().replace('"limit":7', '"limit":"7"')).limit)
+
+
+class KeyTests(IRCTestCase):
+    config = {"autojoin": ()}
+
+    def test_a_key_is_needed_given_and_removed(self) -> None:
+        bar = self.client("bar")
+        bar.send("JOIN #chan", "MODE #chan +k beer")
+        mode = bar.lines()[-1]
+        self.assertEqual((mode.command, mode.params), ("MODE", ["#chan", "+k", "beer"]))
+        bar.send("MODE #chan")
+        self.assertEqual(bar.lines()[0].params[1:], ["#chan", "+knt", "beer"])
+        qux = self.client("qux")
+        qux.lines()
+        qux.send("JOIN #chan", "JOIN #chan bees")
+        self.assertEqual(qux.commands(), ["475", "475"])
+        qux.send("JOIN #other,#chan x,beer")
+        joined = [line.params[0] for line in qux.lines() if line.command == "JOIN"]
+        self.assertEqual(joined, ["#other", "#chan"])
+        # A JSON join gives the key in its object.
+        carol = json_client(self.chat_factory, "carol")
+        carol.send("join", "#chan")
+        self.assertEqual([r.get("code") for r in carol.received()], ["bad_key"])
+        carol.send("join", {"room": "#chan", "key": "beer"})
+        self.assertNotIn("error", [r["response"] for r in carol.received()])
+        carol.send("join", {"room": "#x", "key": "has space"})
+        self.assertEqual([r.get("code") for r in carol.received()], ["bad_request"])
+        bar.send("MODE #chan -k *")
+        self.assertEqual(bar.lines()[-1].params, ["#chan", "-k"])
+        dave = self.client("dave")
+        dave.send("JOIN #chan")
+        self.assertIn("JOIN", dave.commands())
+
+    def test_invalid_keys_get_696_and_change_nothing(self) -> None:
+        bar = self.client("bar")
+        bar.send("JOIN #chan")
+        bar.lines()
+        for key in ("passphrase with spaces", "long" * 100, "", " "):
+            bar.send(f"MODE #chan +k :{key}")
+            (line,) = bar.lines()
+            self.assertEqual((line.command, line.params[1:4]), ("696", ["#chan", "k", "*"]), key)
+        foo = self.client("foo")
+        foo.send("JOIN #chan")
+        self.assertIn("JOIN", foo.commands())
+
+    def test_an_invitation_passes_the_key_and_the_record_keeps_it(self) -> None:
+        from chatd.stores.roomstate import RoomRecord
+
+        bar = self.client("bar")
+        bar.send("JOIN #chan", "MODE #chan +k beer")
+        qux = self.client("qux")
+        bar.send("INVITE qux #chan")
+        qux.lines()
+        qux.send("JOIN #chan")
+        self.assertEqual(qux.commands()[0], "JOIN")
+        record = RoomRecord("#r", "2026-12-02T00:00:00.000Z").with_join_key("beer")
+        self.assertEqual(RoomRecord.from_json(record.to_json()).join_key, "beer")
+        self.assertIsNone(RoomRecord.from_json(record.with_join_key("").to_json()).join_key)

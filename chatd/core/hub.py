@@ -608,8 +608,9 @@ class Hub:
             return succeed([])
         return maybeDeferred(self.memberships.memberships, name.lower()).addCallback(list)
 
-    def join(self, session: ISession, name: Any, rejoin: bool = False) -> Deferred[Joined]:
-        """``session`` enters the room ``name``, created if new.
+    def join(self, session: ISession, name: Any, rejoin: bool = False, join_key: str | None = None) -> Deferred[Joined]:
+        """``session`` enters the room ``name``, created if new (with
+        ``join_key``, the key it gave for a room that has one).
 
         Fires with what the answer needs: the record, the members and the
         history up to where delivery starts (None if already a member;
@@ -629,7 +630,7 @@ class Hub:
                 return self.names(record.name).addCallback(lambda members: Joined(record, members, None))
             existing = self.directory.get(key)
             if existing is not None:
-                self.moderation.check_join(session, existing, member=rejoin)
+                self.moderation.check_join(session, existing, member=rejoin, join_key=join_key)
             if len(self._joined.get(session, {})) >= self.max_rooms_per_user:
                 raise ChatError(
                     messages.FORBIDDEN,

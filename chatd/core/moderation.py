@@ -143,16 +143,21 @@ class Moderation:
                 return ban
         return None
 
-    def check_join(self, session: ISession, record: RoomRecord, member: bool = False) -> None:
-        """``banned``, then ``invite_only``, for a ``join`` of ``record``'s
-        room (``member``: an account coming back to a room it is in, which
-        needs no invitation)."""
+    def check_join(self, session: ISession, record: RoomRecord, member: bool = False, join_key: str | None = None) -> None:
+        """``banned``, then ``invite_only``, then ``bad_key``, for a
+        ``join`` of ``record``'s room (``member``: an account coming back
+        to a room it is in, which needs no invitation nor key;
+        ``join_key``: the key the join gave)."""
         name = session.name or ""
         if self.ban_of(record.key, name) is not None:
             raise ChatError(messages.BANNED, f"You are banned from {record.name}.")
-        if record.modes.get("invite_only") and not member and not self.is_operator(name):
-            if record.key not in self._invited.get(name.lower(), set()):
-                raise ChatError(messages.INVITE_ONLY, f"{record.name} is invite-only: an operator must invite you.")
+        if member or self.is_operator(name):
+            return
+        invited = record.key in self._invited.get(name.lower(), set())
+        if record.modes.get("invite_only") and not invited:
+            raise ChatError(messages.INVITE_ONLY, f"{record.name} is invite-only: an operator must invite you.")
+        if record.join_key is not None and join_key != record.join_key and not invited:
+            raise ChatError(messages.BAD_KEY, f"{record.name} needs a key to join: ask one of its members.")
 
     def check_limit(self, session: ISession, record: RoomRecord, members: list[str]) -> None:
         """``room_full``: the room has its limit of ``members`` (an
@@ -250,8 +255,8 @@ class Moderation:
         actor = session.name or ""
         key = record.key
         flags = {flag: content[flag] for flag in DEFAULT_MODES if flag in content}
-        if kind == "mode" and "limit" in content:
-            flags["limit"] = True  # a change: needs op, like a flag (the value is content's)
+        if kind == "mode" and ("limit" in content or "key" in content):
+            flags["limit"] = True  # a change: needs op, like a flag (the values are content's)
         member = self.hub.in_room(session, key)
         operator = self.is_operator(actor)
         if not member and not operator:
@@ -370,16 +375,20 @@ class Moderation:
     def _mode(self, session: ISession, record: RoomRecord, content: dict[str, Any], flags: dict[str, bool]) -> Done:
         if not flags:
             return Done(f"Modes of {record.name}", {"room": record.name, "modes": self.hub.modes_of(record)})
-        limit = content.get("limit")
+        limit, join_key = content.get("limit"), content.get("key")
         flags = {flag: value for flag, value in flags.items() if flag in DEFAULT_MODES}
         changed: dict[str, object] = {flag: value for flag, value in flags.items() if record.modes.get(flag) != value}
         if isinstance(limit, int) and (limit or None) != record.limit:
             changed["limit"] = limit
+        if isinstance(join_key, str) and (join_key or None) != record.join_key:
+            changed["key"] = join_key
         by = session.name or ""
         done = Done(f"Modes of {record.name} set", {"room": record.name})
 
         def change(current: RoomRecord) -> RoomRecord:
             updated = current.with_modes(flags)
+            if isinstance(join_key, str):
+                updated = updated.with_join_key(join_key)
             return updated.with_limit(limit) if isinstance(limit, int) else updated
 
         def apply() -> None:

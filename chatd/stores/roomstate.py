@@ -37,6 +37,8 @@ class RoomRecord:
     voiced: tuple[str, ...] = ()
     #: The most members the room takes (IRC's ``+l``); None: no limit.
     limit: int | None = None
+    #: The key a join must give (IRC's ``+k``); None: none.
+    join_key: str | None = None
 
     @property
     def key(self) -> str:
@@ -68,6 +70,10 @@ class RoomRecord:
         """The record with a member limit (None or 0: none)."""
         return replace(self, limit=limit or None)
 
+    def with_join_key(self, join_key: str | None) -> RoomRecord:
+        """The record with a key to join (None or ``""``: none)."""
+        return replace(self, join_key=join_key or None)
+
     def with_topic(self, topic: str, by: str | None, at: str | None) -> RoomRecord:
         """The record with a new topic (``""``, None, None: cleared)."""
         return replace(self, topic=topic, topic_by=by, topic_set_at=at)
@@ -85,6 +91,7 @@ class RoomRecord:
                 "ops": list(self.ops),
                 "voiced": list(self.voiced),
                 "limit": self.limit,
+                "join_key": self.join_key,
             },
             ensure_ascii=True,
             separators=(",", ":"),
@@ -101,7 +108,7 @@ class RoomRecord:
             raise ValueError("a room record needs a name and a creation time")
         topic = data.get("topic", "")
         by, at = data.get("topic_by"), data.get("topic_set_at")
-        limit = data.get("limit")
+        limit, join_key = data.get("limit"), data.get("join_key")
         modes = dict(DEFAULT_MODES)
         stored = data.get("modes")
         if isinstance(stored, dict):
@@ -116,6 +123,7 @@ class RoomRecord:
             ops=_names(data.get("ops")),
             voiced=_names(data.get("voiced")),
             limit=limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None,
+            join_key=join_key if isinstance(join_key, str) and join_key else None,
         )
 
 

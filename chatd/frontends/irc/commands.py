@@ -26,7 +26,7 @@ from chatd.frontends.irc.encoding import conversation_key
 from chatd.frontends.irc.lines import MAX_LINE_BYTES, Line, build, format_tags
 from chatd.core.moderation import Done
 from chatd.frontends.irc.moderation import FLAG_LETTERS, is_lobby, mask_of
-from chatd.frontends.json.requests import MAX_ROOM_LIMIT
+from chatd.frontends.json.requests import MAX_ROOM_LIMIT, valid_room_key
 from chatd.messages import ChatError
 from chatd.stores.roomstate import RoomRecord
 
@@ -60,9 +60,14 @@ def mode_string(record: RoomRecord) -> list[str]:
     if is_lobby(record):
         return ["+nt"]
     letters = "".join(letter for letter, flag in sorted(FLAG_LETTERS.items()) if modes.get(flag))
+    args = []
     if record.limit is not None:
-        return ["+l" + letters, str(record.limit)]
-    return ["+" + letters]
+        letters = "l" + letters
+        args.append(str(record.limit))
+    if record.join_key is not None:
+        letters = "k" + letters
+        args.insert(0, record.join_key)
+    return ["+" + letters, *args]
 
 
 class Commands(IRCConnection):
@@ -149,7 +154,8 @@ class Commands(IRCConnection):
     # -- JOIN, PART ----------------------------------------------------------------
 
     def irc_JOIN(self, line: Line) -> Deferred[Any] | None:
-        """``JOIN #a,#b [keys]`` (keys ignored); ``JOIN 0`` parts every room."""
+        """``JOIN #a,#b [key,key]`` (a key for each room that has one, in
+        order); ``JOIN 0`` parts every room."""
         if not line.params or not line.params[0]:
             self.numeric(N.ERR_NEEDMOREPARAMS, "JOIN", "Not enough parameters")
             return None
@@ -158,9 +164,11 @@ class Commands(IRCConnection):
                 self.part_one(room, None)
             return None
         d: Deferred[Any] = succeed(None)
-        for name in line.params[0].split(","):
+        keys = line.params[1].split(",") if len(line.params) > 1 else []
+        for index, name in enumerate(line.params[0].split(",")):
             if name:
-                d = then(d, lambda name=name: self.join_one(name))  # type: ignore[misc]  # a default binds the loop's name
+                key = keys[index] if index < len(keys) and keys[index] else None
+                d = then(d, lambda name=name, key=key: self.join_one(name, join_key=key))  # type: ignore[misc]  # defaults bind the loop's values
         return d
 
     def rooms_in(self) -> list[str]:
@@ -170,7 +178,7 @@ class Commands(IRCConnection):
             rooms.insert(0, self.hub.lobby.name)
         return rooms
 
-    def join_one(self, name: str, autojoin: bool = False) -> Deferred[Any] | None:
+    def join_one(self, name: str, autojoin: bool = False, join_key: str | None = None) -> Deferred[Any] | None:
         """One room of a JOIN: its JOIN line, topic and names; or the numeric."""
         hub = self.hub
         try:
@@ -190,7 +198,7 @@ class Commands(IRCConnection):
             self.command_failed(error, "JOIN", name)
             return None
         self._joining.add(key)
-        d = hub.join(self, name)
+        d = hub.join(self, name, join_key=join_key)
 
         def joined(answer: Joined) -> None:
             if answer.history is None:
@@ -715,6 +723,7 @@ class Commands(IRCConnection):
         args = list(arguments)
         flags: dict[str, bool] = {}
         limit: int | None = None  # +l N; 0 for -l
+        join_key: str | None = None  # +k key; "" for -k
         roles: list[tuple[str, str]] = []
         bans: list[tuple[str, bool]] = []
         list_bans = False
@@ -729,6 +738,20 @@ class Commands(IRCConnection):
                 if args:
                     kind = ("op" if sign == "+" else "deop") if char == "o" else ("voice" if sign == "+" else "devoice")
                     roles.append((kind, args.pop(0)))
+            elif char == "k":
+                if sign == "-":
+                    join_key = ""
+                    if args:
+                        args.pop(0)  # -k takes the old key, which is not checked
+                    continue
+                if not args:
+                    self.numeric(N.ERR_NEEDMOREPARAMS, "MODE", "Not enough parameters")
+                    continue
+                text = args.pop(0)
+                if not valid_room_key(text):
+                    self.numeric(N.ERR_INVALIDMODEPARAM, record.name, "k", "*", "Invalid key: 1 to 32 characters, no spaces")
+                    continue
+                join_key = text
             elif char == "l":
                 if sign == "-":
                     limit = 0
@@ -760,12 +783,12 @@ class Commands(IRCConnection):
                 for ban in masks.bans(record.key):
                     self.numeric(N.RPL_BANLIST, record.name, ban.mask, ban.by, str(ban.at))
                 self.numeric(N.RPL_ENDOFBANLIST, record.name, "End of channel ban list")
-        if not flags and not roles and not bans and limit is None:
+        if not flags and not roles and not bans and limit is None and join_key is None:
             return None
         if not member and not self._exempt():
             self.numeric(N.ERR_NOTONCHANNEL, record.name, "You're not on that channel")
             return None
-        if not op or (lobby and (flags or roles or limit is not None)):
+        if not op or (lobby and (flags or roles or limit is not None or join_key is not None)):
             self.numeric(N.ERR_CHANOPRIVSNEEDED, record.name, "You're not channel operator")
             return None
         now = int(self.clock.seconds())
@@ -775,10 +798,12 @@ class Commands(IRCConnection):
             else:
                 masks.remove_ban(self.me, record, mask)
         d: Deferred[Any] = succeed(None)
-        if flags or limit is not None:
+        if flags or limit is not None or join_key is not None:
             content: dict[str, Any] = {"room": record.name, **flags}
             if limit is not None:
                 content["limit"] = limit
+            if join_key is not None:
+                content["key"] = join_key
             d = then(d, lambda: self.moderate("MODE", "mode", content, record.name))
         for kind, user in roles:
             d = then(d, lambda kind=kind, user=user: self.moderate("MODE", kind, {"room": record.name, "user": user}, user))  # type: ignore[misc]  # defaults bind the loop's values

@@ -449,7 +449,7 @@ class IRCConnection(Session[Received], Protocol):
 
     # -- what the command mixins provide ---------------------------------------
 
-    def join_one(self, name: str, autojoin: bool = False) -> Deferred[Any] | None:
+    def join_one(self, name: str, autojoin: bool = False, join_key: str | None = None) -> Deferred[Any] | None:
         """Join one room (:mod:`~chatd.frontends.irc.commands`)."""
         raise NotImplementedError
 
@@ -658,7 +658,8 @@ def mode_changes(content: dict[str, Any]) -> list[str]:
     sign = ""
     flags: dict[str, Any] = dict(content.get("modes") or {})
     limit = flags.pop("limit", None)
-    # What was set first, then what was unset: "+im-t"; a limit last.
+    join_key = flags.pop("key", None)
+    # What was set first, then what was unset: "+im-t"; a key and a limit last.
     for flag, value in sorted(flags.items(), key=lambda item: not item[1]):
         char = letters.get(str(flag))
         if char is None:
@@ -668,7 +669,15 @@ def mode_changes(content: dict[str, Any]) -> list[str]:
             out += wanted
             sign = wanted
         out += char
-    if isinstance(limit, int):
-        out += ("+l" if sign != "+" else "l") if limit else ("-l" if sign != "-" else "l")
-        return [out, str(limit)] if limit else [out]
-    return [out or "+"]
+    args: list[str] = []
+    for letter, value in (("k", join_key), ("l", limit)):
+        if value is None:
+            continue
+        wanted = "+" if value else "-"
+        if wanted != sign:
+            out += wanted
+            sign = wanted
+        out += letter
+        if value:
+            args.append(str(value))
+    return [out or "+", *args]

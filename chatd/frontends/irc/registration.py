@@ -28,7 +28,7 @@ ISUPPORT = (
     "CASEMAPPING=ascii",
     "CHANTYPES=#",
     "PREFIX=(ov)@+",
-    "CHANMODES=b,,l,imnst",
+    "CHANMODES=b,k,l,imnst",
     "NICKLEN=32",
     "CHANNELLEN=49",
     "TOPICLEN=390",
@@ -377,7 +377,7 @@ class Registration(IRCConnection):
         self.numeric(N.RPL_WELCOME, f"Welcome to the chatd IRC network {me}")
         self.numeric(N.RPL_YOURHOST, f"Your host is {server}, running version {version}")
         self.numeric(N.RPL_CREATED, f"This server was created {created:%Y-%m-%d %H:%M:%S} UTC")
-        self.put(self.tags_for(), f":{server} {N.RPL_MYINFO} {me} {server} {version} Bio bilmnostv".encode("utf-8"))
+        self.put(self.tags_for(), f":{server} {N.RPL_MYINFO} {me} {server} {version} Bio biklmnostv".encode("utf-8"))
         tokens = [token.format(network=self.factory.config.network) for token in ISUPPORT]
         for start in range(0, len(tokens), TOKENS_PER_LINE):
             chunk = tokens[start : start + TOKENS_PER_LINE]

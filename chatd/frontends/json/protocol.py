@@ -473,7 +473,7 @@ class ChatProtocol(Session[Decoded], Protocol):
         """``join`` (v2): enter a room, created if new; its info and history."""
         self.churn_check()
         self._joining.add(request.room.lower())
-        d = self.factory.hub.join(self, request.room)
+        d = self.factory.hub.join(self, request.room, join_key=request.key)
         d.addCallback(self._joined_room)
         return d.addBoth(self._join_answered, request.room.lower())
 

@@ -76,10 +76,12 @@ def parse_msg(request: dict[str, Any]) -> MsgRequest:
 
 @dataclass(frozen=True)
 class RoomRequest:
-    """``join``, ``part``: a room and, for ``part``, a comment."""
+    """``join``, ``part``: a room and, for ``part``, a comment; for
+    ``join``, the room's key if it has one."""
 
     room: str
     comment: str | None = None
+    key: str | None = None
     needs_v2 = True
 
 
@@ -89,7 +91,16 @@ def parse_room_request(request: dict[str, Any]) -> RoomRequest:
         return RoomRequest(request["content"])
     content, room = _room_object(request, also="a room name or ")
     comment = _optional_string(content, "comment")
-    return RoomRequest(room, None if comment is None else comment[:MAX_COMMENT])
+    key = _optional_string(content, "key")
+    if key is not None and not valid_room_key(key):
+        raise bad_request(f"'key' must be 1 to {MAX_ROOM_KEY} printable characters without spaces.")
+    return RoomRequest(room, None if comment is None else comment[:MAX_COMMENT], key)
+
+
+def valid_room_key(key: str) -> bool:
+    """A room key (IRC ``+k``): 1 to :data:`MAX_ROOM_KEY` printable
+    characters, no spaces or commas (IRC could not send it in a JOIN)."""
+    return 0 < len(key) <= MAX_ROOM_KEY and key.isprintable() and not any(char in key for char in " ,")
 
 
 @dataclass(frozen=True)
@@ -257,6 +268,8 @@ MODERATION: dict[str, tuple[str, ...]] = {
 MODE_FLAGS = ("invite_only", "topic_ops", "moderated", "secret", "no_external")
 #: The largest member limit a room may have (``mode`` ``limit``; IRC ``+l``).
 MAX_ROOM_LIMIT = 1_000_000
+#: The longest room key (``mode`` ``key``; IRC ``+k``).
+MAX_ROOM_KEY = 32
 
 
 @dataclass(frozen=True)
@@ -299,6 +312,11 @@ def parse_moderation(request: dict[str, Any]) -> ModerationRequest:
             if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_ROOM_LIMIT:
                 raise bad_request(f"'limit' must be a whole number from 0 (none) to {MAX_ROOM_LIMIT}.")
             fields["limit"] = limit
+        if "key" in content:
+            key = content["key"]
+            if not isinstance(key, str) or (key and not valid_room_key(key)):
+                raise bad_request(f"'key' must be \"\" (none) or 1 to {MAX_ROOM_KEY} printable characters without spaces.")
+            fields["key"] = key
     return ModerationRequest(kind, fields)
 
 

@@ -539,7 +539,8 @@ class IRCConnection(Session[Received], Protocol):
         if status == "online":
             source = self.factory.source_of(user)
             params, trailing = self.join_params(room, user)
-            self.line("JOIN", params, source, trailing=trailing, response=False, account=self.factory.account_of(user))
+            account = self.factory.account_of(user) if "account-tag" in self.caps else None
+            self.line("JOIN", params, source, trailing=trailing, response=False, account=account)
             if "away-notify" in self.caps:
                 away = getattr(self.hub.session_named(user), "away", None)
                 if isinstance(away, str):

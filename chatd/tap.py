@@ -16,6 +16,7 @@ from twisted.application import service, strports
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
+from chatd.listening import with_backlog
 from chatd.accounts.service import AccountService, AccountWriter
 from chatd.accounts.throttle import IAuthThrottle
 from chatd.fds import fit_connections
@@ -388,7 +389,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     ShutdownService(factory).setServiceParent(top)
     for endpoint in options["endpoints"]:
         try:
-            listener = strports.service(endpoint, factory, reactor=reactor)
+            listener = strports.service(with_backlog(endpoint), factory, reactor=reactor)
         except Exception as problem:  # a bad description, a missing key file, ...
             raise SystemExit(f"chatd: cannot listen on {endpoint!r}: {problem}") from None
         listener.setServiceParent(top)
@@ -401,7 +402,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         port, interface = listen_address(endpoint)
         try:
             site = make_web(factory, options["web-origin"], port=port, interface=interface)
-            strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+            strports.service(with_backlog(endpoint), site, reactor=reactor).setServiceParent(top)
         except Exception as problem:
             raise SystemExit(f"chatd: cannot serve the web on {web!r}: {problem}") from None
     if options["irc"]:
@@ -458,6 +459,6 @@ def listen_irc(options: Options, factory: ChatFactory, top: service.MultiService
     IRCShutdownService(irc).setServiceParent(top)
     for endpoint in options["irc"]:
         try:
-            strports.service(endpoint, irc, reactor=reactor).setServiceParent(top)
+            strports.service(with_backlog(endpoint), irc, reactor=reactor).setServiceParent(top)
         except Exception as problem:
             raise SystemExit(f"chatd: cannot serve IRC on {endpoint!r}: {problem}") from None

@@ -180,7 +180,7 @@ class Hub:
         # ones coming live afterwards (a cluster's stream) are not given twice.
         self._given: dict[ISession, dict[str, int]] = {}
         self.moderation = Moderation(self)
-        self._now_seconds: float | None = None
+        self._now_millisecond: int | None = None
         self._now_text = ""
         self.metrics.watch_rooms(self.room_count)
         bus.subscribe(self)
@@ -234,11 +234,13 @@ class Hub:
         return self.rooms[DEFAULT_ROOM]
 
     def now(self) -> str:
-        """The reactor's current time as a protocol timestamp (formatted
-        once per clock reading: a fan-out asks for it per recipient)."""
+        """The reactor's current time as a protocol timestamp, formatted
+        once per millisecond (its resolution): a fan-out asks for it per
+        recipient, and the real clock moves between any two calls."""
         seconds = self.clock.seconds()
-        if seconds != self._now_seconds:
-            self._now_seconds, self._now_text = seconds, messages.format_timestamp(seconds)
+        millisecond = int(seconds * 1000)
+        if millisecond != self._now_millisecond:
+            self._now_millisecond, self._now_text = millisecond, messages.format_timestamp(seconds)
         return self._now_text
 
     def room_count(self) -> int:

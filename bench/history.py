@@ -44,7 +44,7 @@ def serve(argv: list[str]) -> None:
 
     stats_path = argv[0]
     options = Options()
-    options.parseOptions(argv[1:])
+    options.parseOptions(argv[1:])  # type: ignore[no-untyped-call]  # twisted.python.usage is untyped
     service = makeService(options, reactor=reactor)
     lateness: list[float] = []
     last = [reactor.seconds()]

@@ -537,16 +537,29 @@ class IRCConnection(Session[Received], Protocol):
         """A name came (``JOIN``) or went (``PART``, or one ``QUIT`` for a
         name whose last session ended)."""
         if status == "online":
-            source = self.factory.source_of(user)
-            params, trailing = self.join_params(room, user)
-            account = self.factory.account_of(user) if "account-tag" in self.caps else None
-            self.line("JOIN", params, source, trailing=trailing, response=False, account=account)
+            self.send_payload(self._join_line(user, room))
             if "away-notify" in self.caps:
                 away = getattr(self.hub.session_named(user), "away", None)
                 if isinstance(away, str):
-                    self.line("AWAY", [away], source, trailing=True, response=False)
+                    self.line("AWAY", [away], self.factory.source_of(user), trailing=True, response=False)
         else:
             self._left(user, room, None)
+
+    def _join_line(self, user: str, room: str) -> bytes:
+        """``user``'s JOIN line as this client gets it: built once per
+        event for every recipient that negotiated the same (a room tells
+        each member in turn; a login storm makes that most of the work)."""
+        mode, extended = self.tag_mode, "extended-join" in self.caps
+        factory = self.factory
+        key = (user, room, mode, extended, self.hub.now())
+        cached = factory.join_line_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        params, trailing = self.join_params(room, user)
+        account = factory.account_of(user) if mode & TAGS_ACCOUNT else None
+        line = assemble(self.tags_for(account=account), build("JOIN", params, factory.source_of(user), trailing))
+        factory.join_line_cache = (key, line)
+        return line
 
     def _left(self, user: str, room: str, comment: str | None) -> None:
         lower = user.lower()

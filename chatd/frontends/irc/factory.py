@@ -88,6 +88,9 @@ class IRCFactory(ServerFactory[IRCProtocol]):
         self.masks = Masks(self.hub)
         self.created = self.clock.seconds()
         self.whowas = WhowasLog()
+        #: The last JOIN line built, by (user, room, tag mode,
+        #: extended-join, time) (see IRCConnection._join_line).
+        self.join_line_cache: tuple[tuple[str, str, int, bool, str], bytes] | None = None
         #: The most IRC clients registered at once since start (265, 266).
         self.most_clients = 0
         self.shutting_down = False

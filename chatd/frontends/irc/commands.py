@@ -142,7 +142,9 @@ class Commands(IRCConnection):
             return None
 
         def opered(name: str) -> None:
-            self.operator = True
+            if not self.operator:
+                self.operator = True
+                self.factory.opered += 1
             self.numeric(N.RPL_YOUREOPER, "You are now an IRC operator")
             self.line("MODE", [self.me, "+o"], self.source)
 
@@ -288,7 +290,8 @@ class Commands(IRCConnection):
     def prefix_of(self, record: RoomRecord, name: str, multi: bool) -> str:
         """``@`` and/or ``+`` for a member (both with multi-prefix)."""
         lower = name.lower()
-        op = lower in record.ops or self._is_operator(name)
+        # (Without an OPERed session anywhere here, no lookup per member.)
+        op = lower in record.ops or (self.factory.opered > 0 and self._is_operator(name))
         voiced = lower in record.voiced
         if multi:
             return ("@" if op else "") + ("+" if voiced else "")
@@ -703,6 +706,7 @@ class Commands(IRCConnection):
             elif char == "o":
                 if sign == "-" and self.operator:
                     self.operator = False
+                    self.factory.opered -= 1
                     applied += ("-" if applied_sign != "-" else "") + "o"
                     applied_sign = "-"
             else:

@@ -169,6 +169,9 @@ class IRCConnection(Session[Received], Protocol):
         """The connection ended: no longer counted, logged out, timers stopped."""
         self._cancel_keepalive()
         self.factory.connection_closed(self)
+        if self.operator:
+            self.operator = False
+            self.factory.opered -= 1
         self.departed()
         self.end_session()
 
@@ -564,14 +567,26 @@ class IRCConnection(Session[Received], Protocol):
     def _left(self, user: str, room: str, comment: str | None) -> None:
         lower = user.lower()
         departure = self.hub.departing.get(lower)
-        if departure is None:
-            self.line("PART", [room, comment] if comment else [room], self.factory.source_of(user), response=False)
+        if departure is not None:
+            if self._quit_seen == (lower, departure):
+                return  # one QUIT per logout, whatever the rooms shared
+            self._quit_seen = (lower, departure)
+        # Built once per event for every recipient with the same tags.
+        factory = self.factory
+        key = (user, room if departure is None else departure, comment, self.tag_mode & TAGS_BASE, self.hub.now())
+        cached = factory.left_line_cache
+        if cached is not None and cached[0] == key:
+            self.send_payload(cached[1])
             return
-        if self._quit_seen == (lower, departure):
-            return  # one QUIT per logout, whatever the rooms shared
-        self._quit_seen = (lower, departure)
-        text = f"Quit: {comment}" if comment else "Quit: Connection closed"
-        self.line("QUIT", [text], self.factory.source_of(user), trailing=True, response=False)
+        if departure is None:
+            params, trailing = ([room, comment], True) if comment else ([room], False)
+            body = build("PART", params, factory.source_of(user), trailing)
+        else:
+            text = f"Quit: {comment}" if comment else "Quit: Connection closed"
+            body = build("QUIT", [text], factory.source_of(user), trailing=True)
+        line = assemble(self.tags_for(), body)
+        factory.left_line_cache = (key, line)
+        self.send_payload(line)
 
     def write_event(self, kind: str, content: dict[str, Any]) -> None:
         """A room event as IRC lines (section 7.1's table)."""

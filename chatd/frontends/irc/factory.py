@@ -91,6 +91,11 @@ class IRCFactory(ServerFactory[IRCProtocol]):
         #: The last JOIN line built, by (user, room, tag mode,
         #: extended-join, time) (see IRCConnection._join_line).
         self.join_line_cache: tuple[tuple[str, str, int, bool, str], bytes] | None = None
+        #: The last PART or QUIT line built (see IRCConnection._left).
+        self.left_line_cache: tuple[tuple[object, ...], bytes] | None = None
+        #: IRC sessions here that are server operators by OPER (NAMES and
+        #: WHO look sessions up per member only when there are some).
+        self.opered = 0
         #: The most IRC clients registered at once since start (265, 266).
         self.most_clients = 0
         self.shutting_down = False

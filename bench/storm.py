@@ -1,7 +1,7 @@
 """Login storm benchmark (issue 18): N clients connect and log in at once after a
 restart, each getting H messages of history.
 
-    .venv/bin/python bench/storm.py                        # chatd, InspIRCd (and ergo if found), 5 repeats
+    .venv/bin/python bench/storm.py                        # chatd, chatd-irc, InspIRCd, ergo; 5 repeats
     .venv/bin/python bench/storm.py --servers chatd,inspircd --clients 5000 --history 100 --repeats 5
     .venv/bin/python bench/storm.py --clients 300 --repeats 1 --others-limit 4 --retries 0   # a smoke run
 
@@ -19,6 +19,9 @@ Each run, on a fresh server:
   hears a ``presence`` line for every later login, as an IRC client hears every later JOIN.
   ``--chatd-protocol 1`` leaves out ``hello`` (then the history is a list of strings and
   no presence comes).
+- chatd-irc (chatd's IRC front-end, ``common.ChatdIrc``): seeded over IRC, restarted like
+  chatd (the history comes from SQLite), its clients then do as ergo's below (JOIN, then
+  ``CHATHISTORY LATEST #lobby * H``).
 - InspIRCd 3 (Debian's): ``common.INSPIRCD_CONF`` plus the ``chanhistory`` module
   (``maxlines`` H).  After start a seeder registers, joins ``#lobby`` (and stays: an empty
   channel, and its history, would be gone), sets ``+H H:1d`` and sends the messages.  A storm
@@ -69,7 +72,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from common import (LOBBY, Chatd, InspIRCd, Priority, Server, cpu_seconds, latency_figures, machine_busy,
+from common import (LOBBY, Chatd, ChatdIrc, InspIRCd, Priority, Server, cpu_seconds, latency_figures, machine_busy,
                     raise_open_files, rss_kib)
 
 GENERATOR_LIMIT = 0.70  # of one core, over the storm window
@@ -410,6 +413,12 @@ class StormInspIRCd(InspIRCd):
         return command
 
 
+class StormChatdIrc(ChatdIrc):
+    """chatd's IRC front-end (``common.ChatdIrc``): its clients ask for the
+    history with CHATHISTORY, as on ergo; the server restarts after the
+    seeding like the ``chatd`` kind, so the history comes from SQLite."""
+
+
 def ergo_kind() -> type[Server]:
     """``bench-peers``'s ergo server kind (``bench/ergo.py``, which adds itself to ``common.SERVERS``)."""
     import common
@@ -420,7 +429,12 @@ def ergo_kind() -> type[Server]:
 
 def server_kinds() -> dict[str, Callable[[], type[Server]]]:
     """The servers this benchmark knows, by ``--servers`` name (a new one is one line here)."""
-    return {"chatd": lambda: StormChatd, "inspircd": lambda: StormInspIRCd, "ergo": ergo_kind}
+    return {"chatd": lambda: StormChatd, "chatd-irc": lambda: StormChatdIrc, "inspircd": lambda: StormInspIRCd,
+            "ergo": ergo_kind}
+
+
+#: Kinds whose clients ask for history with CHATHISTORY after the JOIN.
+CHATHISTORY_KINDS = frozenset({"ergo", "chatd-irc"})
 
 
 # -- seeding -----------------------------------------------------------------------------
@@ -554,7 +568,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             server.start()
             seeder = Seeder(server, args.history)
             seeder.seed(args.seed)
-            if server.protocol == "json":  # durable history: restart, the storm reads it from disk
+            if isinstance(server, Chatd):  # durable history: restart, the storm reads it from disk
                 seeder.close()
                 seeder = None
                 server.stop()
@@ -562,7 +576,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             else:
                 seeder.stay()
             time.sleep(args.settle)
-            generators = start_generators(server, args, chathistory=kind == "ergo")
+            generators = start_generators(server, args, chathistory=kind in CHATHISTORY_KINDS)
             cpu_before, busy_before, started = server.cpu(), machine_busy(), time.perf_counter()
             for generator in generators:
                 assert generator.stdin is not None
@@ -688,7 +702,7 @@ def main() -> None:
         generate(json.loads(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--servers", default="chatd,inspircd,ergo", help="chatd, inspircd, ergo (comma-separated)")
+    parser.add_argument("--servers", default="chatd,chatd-irc,inspircd,ergo", help="chatd, chatd-irc, inspircd, ergo (comma-separated)")
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--history", type=int, default=100, help="messages of history each client must get")
     parser.add_argument("--seed", type=int, default=None, help="messages sent to #lobby before the storm (default H + 20)")

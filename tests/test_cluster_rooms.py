@@ -585,12 +585,14 @@ class BusWatchTests(SynchronousTestCase):
         self.assertEqual(fired(watched), 4)
         draft = Draft("#dev", "alice", "bye", TS, member)
         self.bus.publish(draft)
-        self.commands.answer = with_rooms(lambda args: [5] if args[1] != REPAIR else self.seq)
-        self.clock.advance(0)  # published: id 5, to be read back from the stream
+        # Published: id 6; another node's 5 lies before it, so it waits
+        # for the stream to deliver 5 first.
+        self.commands.answer = with_rooms(lambda args: [6] if args[1] != REPAIR else self.seq)
+        self.clock.advance(0)
         self.assertFalse(draft.settled)
         self.bus.unwatch("#dev")  # the room is left before the stream brought it
         self.assertTrue(draft.settled)
-        self.assertEqual(member.got, [("#dev", 5, "bye")])
+        self.assertEqual(member.got, [("#dev", 6, "bye")])
 
 
 class ScriptTests(RedisTestCase):

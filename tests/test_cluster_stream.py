@@ -125,6 +125,9 @@ class ReadLoopTests(SynchronousTestCase):
         self.clock.advance(1_764_000_000)
         self.seq = "0"
         self.history: list[Any] = []
+        # The script's reply to our messages (WAIT: it comes after the
+        # stream brought them, so the read loop delivers them).
+        self.publish_reply: Any = [1]
         self.hub = fake_hub(self.clock, self.command, max_message=100)
         self.bus = bus_of(self.hub)
         self.events: list[dict[str, Any]] = []
@@ -150,7 +153,7 @@ class ReadLoopTests(SynchronousTestCase):
         if args[:2] == ("EVAL", REPAIR):
             return self.seq
         if args[:2] == ("EVAL", PUBLISH):
-            return [1]
+            return self.publish_reply
         if args[0] in ("XREVRANGE", "XRANGE"):
             return self.history if args[1] == STREAM else []
         return "OK"
@@ -291,6 +294,7 @@ class ReadLoopTests(SynchronousTestCase):
         return done
 
     def test_sender_answered_after_bad_entries(self) -> None:
+        self.publish_reply = WAIT  # the stream brings it first
         sender = self.members[0]
         done = self.post(sender, "mine")
         token = self.commands.calls[-1][-1]
@@ -301,6 +305,7 @@ class ReadLoopTests(SynchronousTestCase):
         self.assertEqual(sender.got, [(1, "mine")])
 
     def test_sender_of_a_skipped_own_entry_is_told_and_answered(self) -> None:
+        self.publish_reply = WAIT  # the stream brings it first
         sender = self.members[0]
         done = self.post(sender, "mine")
         token = self.commands.calls[-1][-1]
@@ -308,6 +313,7 @@ class ReadLoopTests(SynchronousTestCase):
         self.assertEqual((done, sender.failed), (["answered"], ["r1"]))
 
     def test_sender_answered_even_if_fan_out_fails(self) -> None:
+        self.publish_reply = WAIT  # the stream brings it first
         sender = self.members[0]
         self.hub.lobby.add(Member("dave", explode=True))
         done = self.post(sender, "mine")

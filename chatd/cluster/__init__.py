@@ -8,7 +8,7 @@ and direct messages; presence and room events), :mod:`~chatd.cluster.rooms`
 (reading the streams), :mod:`~chatd.cluster.accounts` (accounts, bans,
 mutes, memberships, kept DMs and the login throttle, with ``--accounts``),
 over
-:mod:`~chatd.cluster.link` (txredisapi connections that fail fast).
+:mod:`~chatd.cluster.link` (RESP2 connections of its own that fail fast).
 :mod:`~chatd.cluster.scripts` has the keys and Lua scripts,
 :mod:`~chatd.cluster.entries` the reading of entries anyone may have
 written, :mod:`~chatd.cluster.node` the builder and the service.

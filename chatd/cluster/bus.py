@@ -6,7 +6,12 @@ Redis in one script call per room (:data:`~chatd.cluster.scripts.PUBLISH`):
 it takes each message's id from ``INCR chatd:seq:<room>`` and appends it
 under the stream id ``<id>-1`` atomically, so ids are integers, strictly
 increasing across all nodes.  Each entry carries the publishing node and
-a token; the publisher does *not* deliver.  Direct messages go, in one
+a token.  The publisher delivers its own messages from the ids the
+script returns, not from the stream (:meth:`RedisBus._deliver_own`): at
+once when they come next in the room's order here, i.e. the id before
+the first is delivered already; otherwise as soon as the read loop has
+delivered the other nodes' messages before them.  The loop knows them by
+their ids and skips them without decoding their fields.  Direct messages go, in one
 call per turn, to the one stream every node reads
 (:data:`~chatd.cluster.scripts.DM_PUBLISH`): the script takes each id
 from the conversation's own sequence, refuses a message whose
@@ -18,10 +23,13 @@ keeps the message for each side that is an account, in the same step.
 the rooms it *watches* (those with a member on this node, and
 ``#lobby``), and the direct messages' stream, with one ``XREAD BLOCK``,
 and hands each reply's messages of a room to the core as one
-:class:`~chatd.core.rooms.Delivery`, so every user sees one order.  A
-message this node published (its node and token) carries its
+:class:`~chatd.core.rooms.Delivery`, so every user sees one order: a
+room's messages go out in id order, each once, whichever path brings
+it.  A message this node published carries its
 :class:`~chatd.core.rooms.Draft` there (the sender finds its own echo),
-and its draft is settled after the delivery.  A node that loses Redis
+and its draft is settled after the delivery; one the stream brings
+before the script's reply (its node and token) is delivered from the
+stream.  A node that loses Redis
 resumes reading from the last stream id it delivered: nothing is
 skipped, nothing repeated.  Before the first read a node finds where it
 starts (:meth:`RedisBus.when_ready`): just past the newest message the
@@ -57,7 +65,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Union
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -120,6 +128,14 @@ READ_RETRY_MAX = 5.0
 LINK_WAIT = 0.2
 #: Entries one XREAD may return, and how long it blocks (ms).
 READ_COUNT = "500"
+#: Entries per stream of the read that follows a reply that held nothing
+#: but our own messages, delivered already from the script's ids: the
+#: blocking read then brings one of each batch we publish, and the read
+#: after it starts past the rest (their ids are delivered), instead of
+#: bringing every message of ours back.  Anything else in a reply (another
+#: node's message, presence, a record) makes the next read take
+#: READ_COUNT again.
+READ_COUNT_OWN = "1"
 READ_BLOCK_MS = str(int(READ_BLOCK * 1000))
 
 
@@ -138,6 +154,10 @@ class _Room:
         self.position: str | None = None
         self.presence_position = "0-0"
         self.last_delivered = 0  # the greatest stream sequence delivered (a room's: its message id)
+        # Our messages to this room whose ids the script gave and that are
+        # not delivered here yet, by id: each goes out as soon as every
+        # id before it is delivered (see RedisBus._deliver_own).
+        self.own: dict[int, _Pending] = {}
         # Joins waiting for the start (None once it is found).
         self.waiters: list[Deferred[int]] = []
 
@@ -159,6 +179,7 @@ class _Pending:
 
     draft: Draft
     key: str
+    token: str = ""
     message: StoredMessage | None = None
 
 
@@ -200,6 +221,8 @@ class RedisBus:
         self._wake = wake_key(node)
         self._wake_position = "0-0"
         self._reading: dict[str, _Reader] | None = None  # what the XREAD under way reads
+        self._count = READ_COUNT  # entries per stream the next XREAD takes
+        self._foreign = False  # whether the reply being handled held more than our delivered messages
         self._receiver: IReceiver | None = None
         self._tokens = itertools.count(1)
         self._outbox: list[Draft] = []
@@ -378,34 +401,79 @@ class RedisBus:
         tokens: list[str] = []
         for draft in drafts:
             token = str(next(self._tokens))
-            self._pending[token] = _Pending(draft, key)
+            self._pending[token] = _Pending(draft, key, token)
             tokens.append(token)
             fields += [draft.sender, draft.text, draft.timestamp, self.node, token]
         d = self.commands.call("EVAL", PUBLISH, "2", seq_key(key), stream_key(key), str(STREAM_MAXLEN), *fields)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(key, tokens), errbackArgs=(tokens,))
 
     def _published(self, ids: Any, key: str, tokens: list[str]) -> None:
-        """The script's ids: our messages to a room this node does not
-        read (or whose start was found before them, so the stream will
-        not bring them) are delivered now, to their senders."""
+        """The script's ids: our messages are delivered from them, not
+        read back from the stream.
+
+        To a room this node reads, each goes out as soon as every id
+        before it is delivered here (:meth:`_deliver_own`): at once when
+        nobody else posted in between, else once the stream brought the
+        other nodes' messages before it.  To a room this node does not
+        read (or whose start was found after them, so the stream will
+        not bring them), they go out now, to their senders.
+        """
         if not isinstance(ids, list):
             return
         self.metrics.messages_accepted.inc(len(ids))
         target = self._rooms.get(key)
         # A room whose start was found before this reply was started
         # before this publish (one connection, answered in order): the
-        # stream brings these messages.
+        # stream would bring these messages.
         read = target is not None and target.position is not None
         unread: list[_Pending] = []
         for token, raw in zip(tokens, ids):
             pending = self._pending.get(token)
             if pending is None or not isinstance(raw, int) or raw < 1:
-                continue
+                continue  # delivered already: the stream was faster
             draft = pending.draft
             pending.message = StoredMessage(raw, draft.room, draft.sender, draft.text, draft.timestamp)
             if not read:
                 unread.append(self._pending.pop(token))
+            elif target is not None and raw <= target.last_delivered:
+                # An id delivered here already: Redis lost what it held
+                # (restarted without persistence).  Nobody here will see
+                # it; its sender is told instead of waiting for ever.
+                del self._pending[token]
+                draft.settle(HistoryError(f"Redis gave id {raw} again: it lost messages"))
+            elif target is not None:
+                target.own[raw] = pending
         self._deliver_unread(unread)
+        if read and target is not None:
+            self._deliver_own(target)
+
+    def _deliver_own(self, room: _Room) -> None:
+        """Deliver our messages to ``room`` that come next in its order.
+
+        Ids of a room are consecutive (each is an ``INCR``): ours whose id
+        is one past the last delivered here can go now, in one batch,
+        without waiting for the stream to bring them back; the read loop
+        skips them then (their ids are delivered).  One after a gap waits
+        for the stream to deliver what lies before it (another node's
+        message, or a gap the repair left); the loop delivers it then,
+        from here, without decoding its entry.
+        """
+        own = room.own
+        following = room.last_delivered + 1
+        if following not in own:
+            return
+        batch: list[_Pending] = []
+        while following in own:
+            pending = own.pop(following)
+            self._pending.pop(pending.token, None)
+            batch.append(pending)
+            following += 1
+        room.last_delivered = following - 1
+        self._deliver(Delivery(
+            room.room,
+            [pending.message for pending in batch if pending.message is not None],
+            [pending.draft for pending in batch],
+        ))
 
     def _echo_unread(self, key: str) -> None:
         """Our messages to ``key`` that have their ids but will not be read
@@ -428,7 +496,7 @@ class RedisBus:
         tokens: list[str] = []
         for draft in drafts:
             token = str(next(self._tokens))
-            self._pending[token] = _Pending(draft, draft.room)
+            self._pending[token] = _Pending(draft, draft.room, token)
             tokens.append(token)
             keys += [seq_key(draft.room), name_key(str(draft.to).lower())]
             # Kept for its sides that are accounts; to an account that may
@@ -475,18 +543,26 @@ class RedisBus:
         That is the repaired sequence, not the stream's newest entry: a
         stray entry there (a clock id, say) must not become our position.
         Presence is looked up first: an entry added between the two
-        calls is read (a duplicate at worst), never missed.
+        calls is read (a duplicate at worst), never missed.  Both calls
+        leave together (one round trip): Redis runs them in the order
+        sent on the one connection.
         """
         if room.presence is None:
             d = self.commands.call("EVAL", REPAIR, "2", room.seq, room.stream)
             return d.addCallback(lambda seq: self._start_at([], room, sequence(seq)))
         presence = self.commands.call("XREVRANGE", room.presence, "+", "-", "COUNT", "1")
+        repaired = self.commands.call("EVAL", REPAIR, "2", room.seq, room.stream)
+        both: Deferred[list[Any]] = gatherResults([presence, repaired], consumeErrors=True)
+        both.addErrback(self._first_error)
+        return both.addCallback(lambda replies: self._start_at(replies[0], room, sequence(replies[1])))
 
-        def repair(newest: Any) -> Deferred[None]:
-            d = self.commands.call("EVAL", REPAIR, "2", room.seq, room.stream)
-            return d.addCallback(lambda seq: self._start_at(newest, room, sequence(seq)))
-
-        return presence.addCallback(repair)
+    @staticmethod
+    def _first_error(failure: Failure) -> Failure:
+        """The failure of the first of several calls that failed."""
+        if isinstance(failure.value, FirstError):
+            inner: Failure = failure.value.subFailure
+            return inner
+        return failure
 
     def _located(self, _: object, room: _Room) -> None:
         """The start of a newly watched room: its joins go on, and a
@@ -510,9 +586,11 @@ class RedisBus:
 
     def _wake_reader(self) -> None:
         """End the blocking read under way: the next one has every room."""
+        # Both calls leave together, in this order (one round trip).
         d = self.commands.call("XADD", self._wake, "MAXLEN", "~", str(WAKE_MAXLEN), "*", "wake", "1")
-        d.addCallback(lambda _: self.commands.call("PEXPIRE", self._wake, str(WAKE_TTL_MS)))
         d.addErrback(self._log_failure, "waking the reader")
+        expire = self.commands.call("PEXPIRE", self._wake, str(WAKE_TTL_MS))
+        expire.addErrback(self._log_failure, "waking the reader")
 
     # -- the read loop ---------------------------------------------------------------
 
@@ -559,11 +637,17 @@ class RedisBus:
         for room in [self._dm, *self._rooms.values()]:
             if room.position is None:
                 continue  # its start is being found
+            if room is not self._dm and room.last_delivered:
+                # Every id up to the last delivered is delivered: ours,
+                # delivered from the script's ids, need not come back.
+                order = id_order(room.position)
+                if order is not None and order < (room.last_delivered, 1):
+                    room.position = f"{room.last_delivered}-1"
             read(room.stream, room.position, room)
             if room.presence is not None:
                 read(room.presence, room.presence_position, (room, "presence"))
         self._reading = readers
-        d = self.reader.call("XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", *keys, *positions)
+        d = self.reader.call("XREAD", "COUNT", self._count, "BLOCK", READ_BLOCK_MS, "STREAMS", *keys, *positions)
         d.addBoth(self._read_over)
         return d.addCallback(self._got_entries, readers)
 
@@ -576,6 +660,7 @@ class RedisBus:
         self.clock.callLater(0, self._read)
 
     def _read_failed(self, failure: Failure) -> None:
+        self._count = READ_COUNT
         if self._stopped:
             return
         kind = failure.type.__name__ if failure.type is not None else "Error"
@@ -652,9 +737,13 @@ class RedisBus:
         """
         if reply is None:
             return None
+        # Until the reply proves to hold only our delivered messages, the
+        # next read takes a full count (a reply of a bad shape too).
+        self._count = READ_COUNT
         if not isinstance(reply, list):
             raise BadEntry(f"XREAD replied a {type(reply).__name__}")
         held: list[tuple[_Room, str]] = []
+        self._foreign = False
         for item in reply:
             if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], list):
                 raise BadEntry("the XREAD reply is not [stream, entries] pairs")
@@ -662,6 +751,8 @@ class RedisBus:
             reader = readers.get(key) if isinstance(key, str) else None
             if reader is None:
                 continue
+            if not isinstance(reader, _Room) or reader is self._dm:
+                self._foreign = True
             if isinstance(reader, _Followed):
                 self._followed_entries(reader, entries)
             elif reader == "wake":
@@ -673,6 +764,8 @@ class RedisBus:
                 stray = self._stream_entries(reader, entries)
                 if stray is not None:
                     held.append((reader, stray))
+        if not self._foreign:
+            self._count = READ_COUNT_OWN
         if not held:
             return None
         d: Deferred[Any] = succeed(None)
@@ -707,8 +800,31 @@ class RedisBus:
         """
         batches: list[tuple[str, list[StoredMessage], list[Draft | None]]] = []
         held: str | None = None
+        own = room.own if room is not self._dm else None
         for entry in entries:
             stream_id = entry_id(entry)
+            if own is not None:
+                # Ours, delivered already from the script's ids, or
+                # waiting for what came before it (now delivered): known
+                # by its id alone, its fields need no decoding.
+                number = script_id(stream_id)
+                if number is not None:
+                    if number <= room.last_delivered:
+                        room.position, held = stream_id, None
+                        continue
+                    mine = own.pop(number, None)
+                    if mine is not None and mine.message is not None:
+                        # (Not _foreign: the next read may start past
+                        # the rest of its batch.)
+                        self._pending.pop(mine.token, None)
+                        room.position, held = stream_id, None
+                        room.last_delivered = number
+                        if not batches or batches[-1][0] != room.room:
+                            batches.append((room.room, [], []))
+                        batches[-1][1].append(mine.message)
+                        batches[-1][2].append(mine.draft)
+                        continue
+            self._foreign = True
             try:
                 if room is self._dm:
                     message, node, token = parse_dm(entry, self.max_message)
@@ -734,6 +850,8 @@ class RedisBus:
             batches[-1][2].append(pending.draft if pending is not None else None)
         for name, stored, drafts in batches:
             self._deliver(Delivery(name, stored, drafts))
+        if own:
+            self._deliver_own(room)  # ours that waited for these
         return held
 
     def _deliver(self, delivery: Delivery) -> None:

@@ -74,7 +74,7 @@ def entry_fields(entry: Any, long_fields: tuple[str, ...] = ("text",)) -> tuple[
     """A stream entry ``[id, [field, value, ...]]`` as (id, fields).
 
     Raises :class:`BadEntry` for any other shape, a field that is not
-    UTF-8 (txredisapi gives it as bytes) or a field other than those in
+    UTF-8 (the link gives it as bytes) or a field other than those in
     ``long_fields`` longer than :data:`MAX_FIELD`.
     """
     if not isinstance(entry, (list, tuple)) or len(entry) != 2:

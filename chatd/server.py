@@ -107,6 +107,8 @@ class ChatFactory(ServerFactory[ChatProtocol]):
         self.operators = operators
         # The last unsolicited event encoded, reused for its next recipients.
         self.event_cache: tuple[Any, bytes] | None = None
+        #: The last presence line (see chatd.frontends.json.protocol.presence_line).
+        self.presence_cache: tuple[tuple[str, str, str, str], bytes] | None = None
         self.protocols: set[ChatProtocol] = set()  # open chat connections
         # One caps object for every listener (TCP, TLS, and the web port's
         # HTTP connections: see chatd.frontends.site), so no way in escapes the caps.

@@ -8,6 +8,7 @@ one listening service per endpoint into a ``MultiService``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import signal
 from typing import Any, Callable
@@ -336,12 +337,35 @@ class ChatService(service.MultiService):
         return super().stopService()
 
 
+def freeze_start_up_objects() -> None:
+    """Move every object alive now out of the cyclic collector's sight.
+
+    Start-up leaves some 57,000 objects that live as long as the process
+    (modules, classes, functions, the service tree); each full collection
+    walked them all again, 15-30 ms with the reactor stopped (measured
+    during the logins of 200 and 1,000 clients).  Frozen, they are still
+    freed by reference counting if ever dropped, and a full collection
+    walks only what the server made since.  Thresholds are left at
+    Python's: no collection at all ran in a 5 s run at 200 msg/s to a
+    room of 200 (the fan-out allocates nothing that lives), and raising
+    them changed nothing measurable in the logins.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
-    """The chatd service tree: one listener per endpoint, all on one hub."""
+    """The chatd service tree: one listener per endpoint, all on one hub.
+
+    Under twistd (no ``reactor`` given: the global one) the start-up
+    objects are frozen once the reactor runs (:func:`freeze_start_up_objects`);
+    a test passing its own reactor keeps its process's collector as it is.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+        reactor.callWhenRunning(freeze_start_up_objects)
     cluster_store = None
     if options["cluster"]:
         from chatd.cluster.node import ClusterService, cluster_accounts, cluster_hub, cluster_throttle

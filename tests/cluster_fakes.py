@@ -188,10 +188,11 @@ class FakeRedis:
             return 1
         if script == PUBLISH:
             ids = []
-            for index in range(1, len(argv), 5):
-                sender, text, ts, node, token = argv[index: index + 5]
+            for index in range(1, len(argv), 6):
+                sender, text, ts, node, token, notice = argv[index: index + 6]
                 n = self.incr(keys[0])
-                self.xadd(keys[1], f"{n}-1", ["sender", sender, "text", text, "ts", ts, "node", node, "token", token])
+                fields = ["sender", sender, "text", text, "ts", ts, "node", node, "token", token]
+                self.xadd(keys[1], f"{n}-1", fields + (["notice", "1"] if notice == "1" else []))
                 ids.append(n)
             return ids
         if script == REPAIR:
@@ -209,8 +210,8 @@ class FakeRedis:
     def _dm_publish(self, keys: list[str], argv: list[str]) -> list[Any]:
         out: list[Any] = []
         kept_prefix, convs_prefix, keep = argv[1], argv[2], int(argv[3])
-        for m in range((len(argv) - 4) // 8):
-            sender, text, ts, node, token, conv, owners, offline_to = argv[4 + 8 * m: 12 + 8 * m]
+        for m in range((len(argv) - 4) // 9):
+            sender, text, ts, node, token, conv, owners, offline_to, notice = argv[4 + 9 * m: 13 + 9 * m]
             holder = self.get(keys[3 + 2 * m])
             if holder is not None and "|" in holder:
                 to, offline = holder.split("|", 1)[1], False
@@ -223,8 +224,9 @@ class FakeRedis:
             n = self.incr(keys[0])
             fields = ["conv", conv, "id", str(message_id), "sender", sender, "text", text, "ts", ts, "to", to,
                       "node", node, "token", token]
-            self.xadd(keys[1], f"{n}-1", fields + (["offline", "1"] if offline else []))
-            kept = json.dumps({"id": str(message_id), "sender": sender, "to": to, "text": text, "ts": ts, "offline": offline})
+            self.xadd(keys[1], f"{n}-1", fields + (["offline", "1"] if offline else []) + (["notice", "1"] if notice == "1" else []))
+            kept = json.dumps({"id": str(message_id), "sender": sender, "to": to, "text": text, "ts": ts, "offline": offline,
+                               "notice": notice == "1"})
             for owner in owners.split():
                 place = self.zsets.setdefault(f"{kept_prefix}{owner}:{conv}", {})
                 place[kept] = message_id

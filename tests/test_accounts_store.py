@@ -255,7 +255,7 @@ class SQLiteAccountStoreTests(AccountStoreContract, SynchronousTestCase):
     def test_malformed_ban_and_dm_raise_history_error(self) -> None:
         db = sqlite3.connect(self.path)
         db.execute("INSERT INTO restrictions VALUES ('ban', '#dev', 'bob', '#dev', 'bob', 'soon', NULL, '', NULL)")
-        db.execute("INSERT INTO dm_messages VALUES ('alice', 'c', 1, 'bob', 'alice', ?, 't')", (b"\xff",))
+        db.execute("INSERT INTO dm_messages VALUES ('alice', 'c', 1, 'bob', 'alice', ?, 't', 0)", (b"\xff",))
         db.commit()
         db.close()
         self.assertRaises(HistoryError, self.store.load_bans)
@@ -299,15 +299,15 @@ class MigrationTests(SynchronousTestCase):
         store.store_dms([("alice", dm(dm_key("alice", "bob"), 1, "bob", "alice"))])
         store.mark_delivered("alice", dm_key("alice", "bob"), 1)
 
-    def test_schema_version_is_three(self) -> None:
-        self.assertEqual(history.SCHEMA_VERSION, 3)
+    def test_schema_version_is_four(self) -> None:
+        self.assertEqual(history.SCHEMA_VERSION, 4)
         self.open()
-        self.assertEqual(self.version(), 3)
+        self.assertEqual(self.version(), 4)
 
     def test_from_schema_one_fixture(self) -> None:
         shutil.copyfile(FIXTURE, self.path)
         store = self.open()
-        self.assertEqual(self.version(), 3)
+        self.assertEqual(self.version(), 4)
         self.assertEqual([m.id for m in store.recent("#lobby", None)], list(range(3, 13)))
         self.assertEqual(store.append("#lobby", "carol", "next", T0).id, 13)
         store.commit()
@@ -323,13 +323,17 @@ class MigrationTests(SynchronousTestCase):
         self.patch(history, "SCHEMA_VERSION", 2)
         old = SQLiteHistory(self.path)
         old.save_room(RoomRecord("#Dev", T0, topic="kept", ops=("alice",)))
-        old.append("#Dev", "alice", "first", T0)
-        old.commit()
         old.close()
+        # A message as schema 2 wrote it (no notice column).
+        db = sqlite3.connect(self.path)
+        db.execute("INSERT INTO messages (room, id, sender, text, timestamp) VALUES ('#Dev', 1, 'alice', 'first', ?)", (T0,))
+        db.execute("INSERT INTO rooms (room, last_id) VALUES ('#Dev', 1)")
+        db.commit()
+        db.close()
         self.assertEqual(self.version(), 2)
-        self.patch(history, "SCHEMA_VERSION", 3)
+        self.patch(history, "SCHEMA_VERSION", 4)
         store = self.open()
-        self.assertEqual(self.version(), 3)
+        self.assertEqual(self.version(), 4)
         self.assertEqual([(r.name, r.topic, r.ops) for r in store.load_rooms()], [("#Dev", "kept", ("alice",))])
         self.assertEqual([m.text for m in store.recent("#Dev", None)], ["first"])
         self.assertEqual(store.append("#Dev", "alice", "second", T0).id, 2)

@@ -211,11 +211,11 @@ class PartsScenarios(_Case):
 
     # -- kept DMs ------------------------------------------------------------
 
-    def publish_dm(self, sender: str, to: str, text: str, owners: str, offline: str = "") -> Any:
+    def publish_dm(self, sender: str, to: str, text: str, owners: str, offline: str = "", notice: str = "") -> Any:
         """The DM script as the bus calls it, one message."""
         conversation = dm_key(sender, to)
         keys = ["chatd:dmseq", "chatd:dm", f"chatd:seq:{conversation}", f"chatd:name:{to.lower()}"]
-        argv = ["100", DM_KEPT_PREFIX, DM_CONVS_PREFIX, "1000", sender, text, TS, "n", "1", conversation, owners, offline]
+        argv = ["100", DM_KEPT_PREFIX, DM_CONVS_PREFIX, "1000", sender, text, TS, "n", "1", conversation, owners, offline, notice]
         return self.command("EVAL", DM_PUBLISH, str(len(keys)), *keys, *argv)
 
     def test_kept_dms_paged_and_undelivered_taken_once(self) -> None:

@@ -87,7 +87,7 @@ class OwnMessagesCase(SynchronousTestCase):
         """Our entry ``<number>-1`` as the script wrote it, from PUBLISH
         call ``publish``'s ``index``-th message (``fields`` overrides)."""
         args = self.publishes[publish]
-        sender, body, ts, node, token = args[6 + 5 * index : 11 + 5 * index]
+        sender, body, ts, node, token = args[6 + 6 * index : 11 + 6 * index]
         values = {"sender": sender, "text": body, "ts": ts, "node": node, "token": token, **fields}
         raw: list[Any] = []
         for name, value in values.items():
@@ -232,11 +232,11 @@ class InterleavingTests(OwnMessagesCase):
             nonlocal executed
             args = self.publishes[executed]
             ids = []
-            for index in range((len(args) - 6) // 5):
+            for index in range((len(args) - 6) // 6):
                 number = len(stream) + 1
                 ids.append(number)
-                stream.append(self.own_entry(number, args[7 + 5 * index], publish=executed, index=index))
-                texts[number] = args[7 + 5 * index]
+                stream.append(self.own_entry(number, args[7 + 6 * index], publish=executed, index=index))
+                texts[number] = args[7 + 6 * index]
             replies.append(ids)
             executed += 1
 

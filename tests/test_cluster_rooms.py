@@ -661,8 +661,8 @@ class ScriptTests(RedisTestCase):
         self.call("SET", "chatd:name:bob", "b|Bob")
         keys = ["chatd:dmseq", "chatd:dm", "chatd:seq:@alice bob", "chatd:name:bob", "chatd:seq:@alice zed", "chatd:name:zed"]
         head = ["100", "chatd:dmkept:", "chatd:dmconvs:", "2"]
-        first = ["alice", "hi", TS, "a", "1", "@alice bob", "", ""]
-        argv = [*head, *first, "alice", "anyone?", TS, "a", "2", "@alice zed", "", ""]
+        first = ["alice", "hi", TS, "a", "1", "@alice bob", "", "", ""]
+        argv = [*head, *first, "alice", "anyone?", TS, "a", "2", "@alice zed", "", "", ""]
         self.assertEqual(self.call("EVAL", DM_PUBLISH, "6", *keys, *argv), [1, b"Bob", 0, b""])
         self.assertEqual(self.call("EVAL", DM_PUBLISH, "4", *keys[:4], *head, *first), [2, b"Bob"])
         entries = self.call("XRANGE", "chatd:dm", "-", "+")
@@ -674,18 +674,22 @@ class ScriptTests(RedisTestCase):
         self.assertEqual(self.call("EVAL", DM_PUBLISH, "4", *keys[:4], *head, *first), [3, b"Bob"])
         self.assertEqual([entry[0] for entry in self.call("XRANGE", "chatd:dm", "-", "+")], [b"1-1", b"2-1", b"3-1"])
         # Kept for its owners (the newest 2 here), and to an account nobody holds.
-        kept = ["alice", "kept", TS, "a", "3", "@alice bob", "alice bob", ""]
+        kept = ["alice", "kept", TS, "a", "3", "@alice bob", "alice bob", "", ""]
         for _ in range(2):
             self.call("EVAL", DM_PUBLISH, "4", *keys[:4], *head, *kept)
-        offline = ["alice", "later", TS, "a", "4", "@alice zed", "alice zed", "Zed"]
+        offline = ["alice", "later", TS, "a", "4", "@alice zed", "alice zed", "Zed", "1"]
         self.assertEqual(self.call("EVAL", DM_PUBLISH, "4", *keys[:2], *keys[4:], *head, *offline), [1, b"Zed"])
-        self.assertEqual(self.call("XRANGE", "chatd:dm", "-", "+")[-1][1][-2:], [b"offline", b"1"])
+        self.assertEqual(self.call("XRANGE", "chatd:dm", "-", "+")[-1][1][-4:], [b"offline", b"1", b"notice", b"1"])
         for owner in ("alice", "bob"):
             stored = self.call("ZRANGE", f"chatd:dmkept:{owner}:@alice bob", "0", "-1", "WITHSCORES")
             self.assertEqual(stored[1::2], [b"4", b"5"])
-            self.assertEqual(json.loads(stored[0]), {"id": "4", "sender": "alice", "to": "Bob", "text": "kept", "ts": TS, "offline": False})
+            self.assertEqual(
+                json.loads(stored[0]),
+                {"id": "4", "sender": "alice", "to": "Bob", "text": "kept", "ts": TS, "offline": False, "notice": False},
+            )
         self.assertEqual(self.call("HGETALL", "chatd:dmconvs:alice"), [b"@alice bob", b"5", b"@alice zed", b"1"])
-        self.assertEqual(json.loads(self.call("ZRANGE", "chatd:dmkept:zed:@alice zed", "0", "-1")[0])["offline"], True)
+        kept_offline = json.loads(self.call("ZRANGE", "chatd:dmkept:zed:@alice zed", "0", "-1")[0])
+        self.assertEqual((kept_offline["offline"], kept_offline["notice"]), (True, True))
 
 
 class ClusterRoomsTests(RedisTestCase):

@@ -297,7 +297,7 @@ class ReadLoopTests(SynchronousTestCase):
         self.publish_reply = WAIT  # the stream brings it first
         sender = self.members[0]
         done = self.post(sender, "mine")
-        token = self.commands.calls[-1][-1]
+        token = self.commands.calls[-1][-2]  # the last message's token (its notice flag follows)
         self.reply(self.stream(entry("1764000000000-0", sender=None)))
         self.assertEqual(done, [])
         self.reply(self.stream(entry("1-1", text="mine", node=self.bus.node, token=token)))
@@ -308,7 +308,7 @@ class ReadLoopTests(SynchronousTestCase):
         self.publish_reply = WAIT  # the stream brings it first
         sender = self.members[0]
         done = self.post(sender, "mine")
-        token = self.commands.calls[-1][-1]
+        token = self.commands.calls[-1][-2]  # the last message's token (its notice flag follows)
         self.reply(self.stream(entry("1-1", text=b"\xff", node=self.bus.node, token=token)))
         self.assertEqual((done, sender.failed), (["answered"], ["r1"]))
 
@@ -317,7 +317,7 @@ class ReadLoopTests(SynchronousTestCase):
         sender = self.members[0]
         self.hub.lobby.add(Member("dave", explode=True))
         done = self.post(sender, "mine")
-        token = self.commands.calls[-1][-1]
+        token = self.commands.calls[-1][-2]  # the last message's token (its notice flag follows)
         self.reply(self.stream(entry("1-1", text="mine", node=self.bus.node, token=token)))
         self.assertEqual(done, ["answered"])
         self.assertEqual(sender.got, [(1, "mine")])  # the other members got it too
@@ -500,7 +500,7 @@ class ScriptTests(RedisTestCase):
     def publish(self, *texts: str) -> list[int]:
         args: list[str] = []
         for text in texts:
-            args += ["bob", text, TS, "node", "1"]
+            args += ["bob", text, TS, "node", "1", ""]
         ids = self.redis_cli("EVAL", PUBLISH, "2", "chatd:seq:#lobby", STREAM, "1000", *args)
         return list(ids)
 
@@ -512,6 +512,13 @@ class ScriptTests(RedisTestCase):
         self.redis_cli("XADD", STREAM, "*", "sender", "x", "text", "y", "ts", TS)
         self.assertEqual(self.publish("two", "three"), [2, 3])
         self.assertEqual(self.ids(), ["1-1", "2-1", "3-1"])  # the stray entry is gone
+
+    def test_a_notice_is_marked_in_its_entry(self) -> None:
+        args = ["bob", "loud", TS, "node", "1", "1", "bob", "plain", TS, "node", "2", ""]
+        self.assertEqual(list(self.redis_cli("EVAL", PUBLISH, "2", "chatd:seq:#lobby", STREAM, "1000", *args)), [1, 2])
+        fields = [item[1] for item in self.redis_cli("XRANGE", STREAM, "-", "+")]
+        self.assertEqual(fields[0][-2:], [b"notice", b"1"])
+        self.assertNotIn(b"notice", fields[1])
 
     def test_publish_after_a_clock_id_that_was_deleted(self) -> None:
         # The stream remembers the largest id it ever gave, even deleted.

@@ -72,6 +72,15 @@ class StoreContract:
         self.assertEqual(encode_message(got), encode_message(sent))
         self.assertEqual(got.sender, "007")
 
+    def test_a_notice_stays_a_notice(self) -> None:
+        notice = self.store.append("#lobby", "bob", "from IRC", "2026-11-25T19:34:22.123Z", notice=True)
+        plain = self.store.append("#lobby", "bob", "plain", "2026-11-25T19:34:22.124Z")
+        self.store.commit()
+        self.assertEqual([m.notice for m in self.store.recent("#lobby", None)], [True, False])
+        self.assertEqual(self.store.recent("#lobby", None), [notice, plain])
+        self.assertIn(b'"notice": true', encode_message(self.store.recent("#lobby", 2)[0]))
+        self.assertNotIn(b"notice", encode_message(self.store.recent("#lobby", 1)[0]))
+
     def test_recent(self) -> None:
         self.add(10)
         self.assertEqual(self.texts(self.store.recent("#lobby", 3)), ["m7", "m8", "m9"])
@@ -397,7 +406,7 @@ class CorruptDatabaseTests(SQLiteCase):
 
     def test_foreign_values_raise_history_error(self) -> None:
         db = sqlite3.connect(self.path)
-        db.execute("INSERT INTO messages VALUES ('#lobby', 1, 'bob', ?, 't')", (b"\xff\x00",))
+        db.execute("INSERT INTO messages VALUES ('#lobby', 1, 'bob', ?, 't', 0)", (b"\xff\x00",))
         db.execute("INSERT INTO rooms VALUES ('#odd', 'seven')")
         db.commit()
         db.close()

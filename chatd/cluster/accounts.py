@@ -153,7 +153,7 @@ def kept_dm(conversation: str, text: Any) -> StoredMessage:
         data = json.loads(_text(text))
         return StoredMessage(
             int(data["id"]), conversation, str(data["sender"]), str(data["text"]), str(data["ts"]),
-            to=str(data["to"]), offline=data.get("offline") is True,
+            to=str(data["to"]), offline=data.get("offline") is True, notice=data.get("notice") is True,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as problem:
         raise BadEntry(f"a kept DM cannot be read: {problem}") from None

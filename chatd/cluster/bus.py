@@ -403,7 +403,7 @@ class RedisBus:
             token = str(next(self._tokens))
             self._pending[token] = _Pending(draft, key, token)
             tokens.append(token)
-            fields += [draft.sender, draft.text, draft.timestamp, self.node, token]
+            fields += [draft.sender, draft.text, draft.timestamp, self.node, token, "1" if draft.notice else ""]
         d = self.commands.call("EVAL", PUBLISH, "2", seq_key(key), stream_key(key), str(STREAM_MAXLEN), *fields)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(key, tokens), errbackArgs=(tokens,))
 
@@ -432,7 +432,7 @@ class RedisBus:
             if pending is None or not isinstance(raw, int) or raw < 1:
                 continue  # delivered already: the stream was faster
             draft = pending.draft
-            pending.message = StoredMessage(raw, draft.room, draft.sender, draft.text, draft.timestamp)
+            pending.message = StoredMessage(raw, draft.room, draft.sender, draft.text, draft.timestamp, notice=draft.notice)
             if not read:
                 unread.append(self._pending.pop(token))
             elif target is not None and raw <= target.last_delivered:
@@ -503,7 +503,8 @@ class RedisBus:
             # be offline, accepted even if nobody holds its name.
             owners = " ".join(owner.lower() for owner in draft.owners)
             offline = str(draft.to) if draft.offline else ""
-            fields += [draft.sender, draft.text, draft.timestamp, self.node, token, draft.room, owners, offline]
+            fields += [draft.sender, draft.text, draft.timestamp, self.node, token, draft.room, owners, offline,
+                       "1" if draft.notice else ""]
         d = self.commands.call(
             "EVAL", DM_PUBLISH, str(2 + len(keys)), DM_SEQ, DM_STREAM, *keys,
             str(DM_MAXLEN), DM_KEPT_PREFIX, DM_CONVS_PREFIX, str(DM_KEEP), *fields,

@@ -124,7 +124,7 @@ def parse_message(room: str, entry: Any, max_text: int) -> tuple[StoredMessage, 
     _check_text(text, max_text)
     if not _TIMESTAMP.fullmatch(timestamp):
         raise BadEntry("its ts is not a protocol timestamp")
-    message = StoredMessage(message_id, room, sender, text, timestamp)
+    message = StoredMessage(message_id, room, sender, text, timestamp, notice=fields.get("notice") == "1")
     return message, fields.get("node", ""), fields.get("token", "")
 
 
@@ -160,7 +160,10 @@ def parse_dm(entry: Any, max_text: int) -> tuple[StoredMessage, str, str]:
     if not _TIMESTAMP.fullmatch(timestamp):
         raise BadEntry("its ts is not a protocol timestamp")
     # Sent to an account with no session: its sender's echo says so.
-    message = StoredMessage(int(raw_id), conv, sender, text, timestamp, to=to, offline=fields.get("offline") == "1")
+    message = StoredMessage(
+        int(raw_id), conv, sender, text, timestamp, to=to, offline=fields.get("offline") == "1",
+        notice=fields.get("notice") == "1",
+    )
     return message, fields.get("node", ""), fields.get("token", "")
 
 

@@ -150,8 +150,12 @@ PUBLISH = REPAIR_FUNCTIONS + """
 local seq = redis.call('GET', KEYS[1])
 if seq and not (string.match(seq, '^%d+$') and #seq <= 15) then repair(KEYS[1], KEYS[2], true) end
 local ids = {}
-for i = 2, #ARGV, 5 do
+for i = 2, #ARGV, 6 do
   local fields = {'sender', ARGV[i], 'text', ARGV[i + 1], 'ts', ARGV[i + 2], 'node', ARGV[i + 3], 'token', ARGV[i + 4]}
+  if ARGV[i + 5] == '1' then
+    fields[#fields + 1] = 'notice'
+    fields[#fields + 1] = '1'
+  end
   local id = redis.call('INCR', KEYS[1])
   local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-1', id), unpack(fields))
   if type(added) == 'table' and added.err then
@@ -212,10 +216,11 @@ return 1
 # stream, then per message its conversation's sequence and the recipient's
 # name key; ARGV[1] the stream cap, ARGV[2] and ARGV[3] the prefixes of the
 # kept DMs' keys and of the owners' conversations, ARGV[4] how many DMs are
-# kept per owner and conversation, then eight fields per message (sender,
+# kept per owner and conversation, then nine fields per message (sender,
 # text, timestamp, node, token, conversation key, its owners: the sides
-# that are accounts, lower-cased and space-separated, and offline: the
-# recipient's name if it is an account that may be offline, else "").
+# that are accounts, lower-cased and space-separated, offline: the
+# recipient's name if it is an account that may be offline, else "", and
+# notice: "1" for an IRC NOTICE, else "").
 # A recipient whose name nobody holds gets nothing (no id is taken)
 # unless offline is given: then the message is kept for its owners and
 # its entry says so.  The others' messages get the conversation's next id
@@ -229,9 +234,9 @@ local seq = redis.call('GET', KEYS[1])
 if seq and not (string.match(seq, '^%d+$') and #seq <= 15) then repair(KEYS[1], KEYS[2], true) end
 local keep = tonumber(ARGV[4])
 local out = {}
-local count = (#ARGV - 4) / 8
+local count = (#ARGV - 4) / 9
 for m = 0, count - 1 do
-  local a = 5 + m * 8
+  local a = 5 + m * 9
   local holder = redis.call('GET', KEYS[4 + m * 2])
   local bar = holder and string.find(holder, '|', 1, true)
   local to = nil
@@ -254,6 +259,11 @@ for m = 0, count - 1 do
       fields[#fields + 1] = 'offline'
       fields[#fields + 1] = '1'
     end
+    local notice = ARGV[a + 8] == '1'
+    if notice then
+      fields[#fields + 1] = 'notice'
+      fields[#fields + 1] = '1'
+    end
     local n = redis.call('INCR', KEYS[1])
     local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-1', n), unpack(fields))
     if type(added) == 'table' and added.err then
@@ -264,7 +274,7 @@ for m = 0, count - 1 do
     end
     if ARGV[a + 6] ~= '' then
       local kept = cjson.encode({id = number, sender = ARGV[a], to = to, text = ARGV[a + 1], ts = ARGV[a + 2],
-                                 offline = offline})
+                                 offline = offline, notice = notice})
       for owner in string.gmatch(ARGV[a + 6], '%S+') do
         local place = ARGV[2] .. owner .. ':' .. ARGV[a + 5]
         redis.call('ZADD', place, id, kept)

@@ -255,6 +255,7 @@ class LocalBus:
                 keep=not is_dm(draft.room),
                 owners=draft.owners,
                 offline=draft.offline,
+                notice=draft.notice,
             )
         except HistoryError as problem:
             draft.settle(problem)

@@ -67,6 +67,8 @@ class StoredMessage:
     # Not stored: the DM went to an account with no session (its sender's
     # echo says so, section 6.3).
     offline: bool = False
+    # An IRC NOTICE (section 7.1): JSON users see "notice": true.
+    notice: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class HistoryStore:
         keep: bool = True,
         owners: tuple[str, ...] = (),
         offline: bool = False,
+        notice: bool = False,
     ) -> StoredMessage:
         """Give a message the next id of ``room``; pending until :meth:`commit`.
 
@@ -142,7 +145,7 @@ class HistoryStore:
         """
         if room not in self._last_ids:
             self._last_ids[room] = self._committed_ids[room] = self._load_last_id(room)
-        message = StoredMessage(self._last_ids[room] + 1, room, sender, text, timestamp, to, offline)
+        message = StoredMessage(self._last_ids[room] + 1, room, sender, text, timestamp, to, offline, notice)
         self._last_ids[room] = message.id
         self._pending.append(message)
         if not keep:
@@ -678,12 +681,12 @@ class _MemoryAccountData:
     marks: dict[tuple[str, str], int] = field(default_factory=dict)
 
 #: The columns a DM is read from (SQLite).
-_DM_COLUMNS = "id, sender, recipient, text, timestamp"
+_DM_COLUMNS = "id, sender, recipient, text, timestamp, notice"
 
 # == end of accounts and moderation ========================================
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Each entry upgrades the schema from the version before it.
 MIGRATIONS: dict[int, list[str]] = {
@@ -716,6 +719,11 @@ MIGRATIONS: dict[int, list[str]] = {
         " PRIMARY KEY (owner, conversation, id)) WITHOUT ROWID",
         "CREATE TABLE delivery_marks (owner TEXT NOT NULL, conversation TEXT NOT NULL, last_id INTEGER NOT NULL,"
         " PRIMARY KEY (owner, conversation)) WITHOUT ROWID",
+    ],
+    # The IRC front-end (issue 17): a message sent as a NOTICE says so.
+    4: [
+        "ALTER TABLE messages ADD COLUMN notice INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE dm_messages ADD COLUMN notice INTEGER NOT NULL DEFAULT 0",
     ],
 }
 
@@ -1136,8 +1144,8 @@ class SQLiteHistory(HistoryStore):
 
         def work(db: sqlite3.Connection) -> None:
             db.executemany(
-                "INSERT INTO messages (room, id, sender, text, timestamp) VALUES (?, ?, ?, ?, ?)",
-                [(m.room, m.id, m.sender, m.text, m.timestamp) for m in kept],
+                "INSERT INTO messages (room, id, sender, text, timestamp, notice) VALUES (?, ?, ?, ?, ?, ?)",
+                [(m.room, m.id, m.sender, m.text, m.timestamp, int(m.notice)) for m in kept],
             )
             if owned:
                 self._insert_dms(db, owned)
@@ -1151,21 +1159,21 @@ class SQLiteHistory(HistoryStore):
 
     def _newest(self, room: str, limit: int | None) -> list[StoredMessage]:
         rows = self._query(
-            "SELECT id, sender, text, timestamp FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+            "SELECT id, sender, text, timestamp, notice FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
             (room, -1 if limit is None else limit),
         )
         return self._messages(room, reversed(rows))
 
     def _after(self, room: str, after: int, limit: int) -> list[StoredMessage]:
         rows = self._query(
-            "SELECT id, sender, text, timestamp FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, sender, text, timestamp, notice FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
             (room, after, limit),
         )
         return self._messages(room, rows)
 
     def _before(self, room: str, before: int, limit: int) -> list[StoredMessage]:
         rows = self._query(
-            "SELECT id, sender, text, timestamp FROM messages WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            "SELECT id, sender, text, timestamp, notice FROM messages WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (room, before, limit),
         )
         return self._messages(room, reversed(rows))
@@ -1192,12 +1200,12 @@ class SQLiteHistory(HistoryStore):
 
     def _messages(self, room: str, rows: Iterable[Any]) -> list[StoredMessage]:
         found = []
-        for message_id, sender, text, timestamp in rows:
+        for message_id, sender, text, timestamp, notice in rows:
             # SQLite keeps any type in any column: a damaged or foreign
             # file must not crash the encoder further on.
             if type(message_id) is not int or not all(isinstance(value, str) for value in (sender, text, timestamp)):
                 raise HistoryError(f"history database {self.path} holds a malformed message in {room}: id {message_id!r}")
-            found.append(StoredMessage(message_id, room, sender, text, timestamp))
+            found.append(StoredMessage(message_id, room, sender, text, timestamp, notice=notice == 1))
         return found
 
     # == accounts and moderation (issue 16) ================================
@@ -1292,9 +1300,9 @@ class SQLiteHistory(HistoryStore):
         """Insert DMs kept for their owners (inside a transaction: a batch's
         commit could call it too, to keep them with their ids)."""
         db.executemany(
-            "INSERT OR IGNORE INTO dm_messages (owner, conversation, id, sender, recipient, text, timestamp)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(owner, m.room, m.id, m.sender, m.to or "", m.text, m.timestamp) for owner, m in rows],
+            "INSERT OR IGNORE INTO dm_messages (owner, conversation, id, sender, recipient, text, timestamp, notice)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(owner, m.room, m.id, m.sender, m.to or "", m.text, m.timestamp, int(m.notice)) for owner, m in rows],
         )
 
     def mark_delivered_many(self, marks: Iterable[tuple[str, str, int]]) -> None:
@@ -1406,10 +1414,10 @@ class SQLiteHistory(HistoryStore):
 
     def _dms(self, conversation: str, rows: Iterable[Any]) -> list[StoredMessage]:
         found = []
-        for message_id, sender, recipient, text, timestamp in rows:
+        for message_id, sender, recipient, text, timestamp, notice in rows:
             if type(message_id) is not int or not all(isinstance(value, str) for value in (sender, recipient, text, timestamp)):
                 raise HistoryError(f"history database {self.path} holds a malformed DM in {conversation}: id {message_id!r}")
-            found.append(StoredMessage(message_id, conversation, sender, text, timestamp, recipient or None))
+            found.append(StoredMessage(message_id, conversation, sender, text, timestamp, recipient or None, notice=notice == 1))
         return found
 
     def _text(self, value: Any, what: str) -> str:

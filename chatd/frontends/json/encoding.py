@@ -20,8 +20,11 @@ def message_response(message: StoredMessage, **extra: Any) -> dict[str, Any]:
     """The ``message`` response for ``message`` (``extra`` keys last).
 
     A ``#lobby`` message carries no ``room`` key (section 6.1: the same
-    bytes serve v1 and v2); another room's carries ``room``, a DM ``to``.
+    bytes serve v1 and v2); another room's carries ``room``, a DM ``to``;
+    an IRC NOTICE ``"notice": true`` (section 7.1).
     """
+    if message.notice:
+        extra = {"notice": True, **extra}
     if message.to is not None:
         if message.offline:
             extra = {"offline": True, **extra}

@@ -9,7 +9,7 @@ one hub.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -219,6 +219,13 @@ class ShutdownService(Service):
         return self.factory.shut_down(self.grace)
 
 
+#: How often the history service looks at the SQLite WAL, in seconds.
+CHECKPOINT_EVERY = 1.0
+#: The WAL size past which it is checkpointed (in a thread); SQLite's own
+#: automatic checkpoint, which it replaces, ran at 1,000 pages (4 MiB).
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+
+
 class HistoryService(Service):
     """Owns the history store's life: open, prune on a timer, flush and close.
 
@@ -228,12 +235,24 @@ class HistoryService(Service):
 
     log = Logger()
 
-    def __init__(self, hub: Hub, retention: Retention, clock: IReactorTime, prune_every: float = 600.0) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        retention: Retention,
+        clock: IReactorTime,
+        prune_every: float = 600.0,
+        in_thread: Callable[[Callable[[], None]], Deferred[None]] | None = None,
+    ) -> None:
         self.hub = hub
         self.retention = retention
         self.clock = clock
         self.prune_every = prune_every
         self._pruner: LoopingCall | None = None
+        # The WAL checkpoint (SQLite): in a thread of the reactor's pool
+        # (tests give a function that runs it at once).
+        self._in_thread = in_thread
+        self._checkpointer: LoopingCall | None = None
+        self._checkpointing = False
 
     def startService(self) -> None:
         super().startService()
@@ -245,6 +264,35 @@ class HistoryService(Service):
             self._pruner = LoopingCall(self.prune)
             self._pruner.clock = self.clock
             self._pruner.start(self.prune_every, now=True)
+        if getattr(self._sqlite(), "checkpoint_wal", None) is not None:
+            self._checkpointer = LoopingCall(self.checkpoint)
+            self._checkpointer.clock = self.clock
+            self._checkpointer.start(CHECKPOINT_EVERY, now=False)
+
+    def _sqlite(self) -> object:
+        """The store under the hub's history reader (an SQLite one has a WAL)."""
+        history = self.hub.history
+        return getattr(history, "store", history)
+
+    def checkpoint(self) -> None:
+        """Copy the SQLite WAL into the database in a thread, once it has
+        grown past :data:`CHECKPOINT_BYTES` (one at a time)."""
+        store: Any = self._sqlite()
+        if self._checkpointing or store.wal_bytes() < CHECKPOINT_BYTES:
+            return
+        in_thread = self._in_thread
+        if in_thread is None:
+            from twisted.internet.threads import deferToThread
+
+            in_thread = deferToThread
+        self._checkpointing = True
+
+        def done(result: object) -> None:
+            self._checkpointing = False
+            if isinstance(result, Failure):
+                self.log.error("checkpointing history failed: {problem}", problem=str(result.value))
+
+        in_thread(store.checkpoint_wal).addBoth(done)
 
     def prune(self) -> None:
         """Drop history that the retention setting no longer keeps."""
@@ -259,6 +307,8 @@ class HistoryService(Service):
     def stopService(self) -> Any:
         if self._pruner is not None and self._pruner.running:
             self._pruner.stop()
+        if self._checkpointer is not None and self._checkpointer.running:
+            self._checkpointer.stop()
         self.hub.flush()
         try:
             self.hub.history.close()

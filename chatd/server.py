@@ -264,7 +264,8 @@ class HistoryService(Service):
             self._pruner = LoopingCall(self.prune)
             self._pruner.clock = self.clock
             self._pruner.start(self.prune_every, now=True)
-        if getattr(self._sqlite(), "checkpoint_wal", None) is not None:
+        # (A test's reactor without a clock, such as MemoryReactor, runs no timers.)
+        if getattr(self._sqlite(), "checkpoint_wal", None) is not None and IReactorTime.providedBy(self.clock):
             self._checkpointer = LoopingCall(self.checkpoint)
             self._checkpointer.clock = self.clock
             self._checkpointer.start(CHECKPOINT_EVERY, now=False)

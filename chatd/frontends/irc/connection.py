@@ -688,9 +688,12 @@ def mode_changes(content: dict[str, Any]) -> list[str]:
     flags: dict[str, Any] = dict(content.get("modes") or {})
     limit = flags.pop("limit", None)
     join_key = flags.pop("key", None)
-    # What was set first, then what was unset: "+im-t"; a key and a limit last.
-    for flag, value in sorted(flags.items(), key=lambda item: not item[1]):
-        char = letters.get(str(flag))
+    # What was set first, then what was unset: "+im-t"; a key and a limit
+    # last, with their values as arguments when set.
+    changes = [(letters.get(str(flag)), value) for flag, value in sorted(flags.items(), key=lambda item: not item[1])]
+    changes += [(letter, value) for letter, value in (("k", join_key), ("l", limit)) if value is not None]
+    args: list[str] = []
+    for char, value in changes:
         if char is None:
             continue
         wanted = "+" if value else "-"
@@ -698,15 +701,6 @@ def mode_changes(content: dict[str, Any]) -> list[str]:
             out += wanted
             sign = wanted
         out += char
-    args: list[str] = []
-    for letter, value in (("k", join_key), ("l", limit)):
-        if value is None:
-            continue
-        wanted = "+" if value else "-"
-        if wanted != sign:
-            out += wanted
-            sign = wanted
-        out += letter
-        if value:
+        if value and not isinstance(value, bool):
             args.append(str(value))
     return [out or "+", *args]

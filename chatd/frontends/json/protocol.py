@@ -656,13 +656,18 @@ class ChatProtocol(Session[Decoded], Protocol):
                 lines: bytes = delivery.cached["json-lines"]
             except KeyError:
                 lines = delivery_lines(delivery)
-            self._transport_write(lines)
-            sendq = self.sendq
-            if sendq.backlogged:
-                sendq.wrote(len(lines))
-                self.check_sendq()
+            self._write_shared(lines)
             return
         super().deliver(delivery)
+
+    def _write_shared(self, data: bytes) -> None:
+        """Write bytes shared by every recipient straight to the transport;
+        the send queue counts them only once the transport has paused us."""
+        self._transport_write(data)
+        sendq = self.sendq
+        if sendq.backlogged:
+            sendq.wrote(len(data))
+            self.check_sendq()
 
     def presence(self, user: str, status: str, room: str) -> None:
         """Who came or went (:meth:`Session.presence`), the common case in
@@ -677,12 +682,7 @@ class ChatProtocol(Session[Decoded], Protocol):
             and not self._waiting_for_store
             and self.version >= PROTOCOL_VERSION
         ):
-            line = presence_line(self.factory, user, status, room)
-            self._transport_write(line)
-            sendq = self.sendq
-            if sendq.backlogged:
-                sendq.wrote(len(line))
-                self.check_sendq()
+            self._write_shared(presence_line(self.factory, user, status, room))
             return
         super().presence(user, status, room)
 

@@ -819,6 +819,44 @@ async def probe_report(probe: subprocess.Popen[bytes]) -> dict[str, Any]:
     return report
 
 
+async def paced_window(server: Server, probe: subprocess.Popen[bytes] | None, clients: list[Client], counter: Counter,
+                       per_second: float, seconds: float, total: int, send: Callable[[int], None],
+                       expected: int) -> dict[str, Any]:
+    """The measured window of the rate and rooms shapes: ``send(n)`` for each
+    of the ``total`` messages at ``per_second``, the bulk counts (for up to
+    ``seconds`` + 10 s) and the probes' report awaited, then the figures
+    (latency, loss, server, generator and other processes' CPU); the bulk
+    links are closed."""
+    counting = asyncio.ensure_future(counter.run(seconds + 10))
+    cpu_before, mine_before, busy_before, started = server.cpu(), generator_cpu(), machine_busy(), time.perf_counter()
+    probe_before = cpu_seconds(probe.pid) if probe is not None else 0.0
+    interval = 1.0 / per_second
+    for n in range(total):
+        delay = started + n * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        send(n)
+    await counting
+    report: dict[str, Any] = {"latencies_ns": [], "received": 0, "cpu_s": probe_before}
+    if probe is not None:
+        report = await probe_report(probe)
+    elapsed = time.perf_counter() - started
+    cpu = server.cpu() - cpu_before
+    others = machine_busy() - busy_before - cpu
+    # the probe has exited: its CPU in the window is its final figure minus the one at the start
+    probe_cpu = float(report["cpu_s"]) - probe_before
+    mine = generator_cpu() - mine_before + probe_cpu
+    latencies: list[int] = sorted(report["latencies_ns"])
+    delivered = sum(c.link.received for c in clients) + int(report["received"])
+    for c in clients:
+        c.link.close()
+    return {**latency_figures(latencies), "lost": expected - delivered, "deliveries": delivered, "messages": total,
+            "cpu": cpu, "us_per_delivery": 1e6 * cpu / delivered if delivered else float("nan"),
+            "us_per_message": 1e6 * cpu / total if total else float("nan"),
+            "generator_cpu": mine, "probe_cpu": probe_cpu, "generator_share": mine / elapsed,
+            "others_share": (others - mine) / elapsed, "latencies_ns": latencies}
+
+
 def stop_probes(probe: subprocess.Popen[bytes] | None) -> None:
     """Kill the probe process if it is still running (it is ours: by pid)."""
     if probe is not None and probe.poll() is None:

@@ -111,8 +111,8 @@ import time
 from typing import Any
 
 from common import (LOBBY, SERVERS, Priority, WAIT, Chatd, ChatdBase, ChatdCluster, Counter, Server, connect_all,
-                    connect_in_order, cpu_seconds, dialect_of, generator_cpu, latency_figures, machine_busy, niced,
-                    probe_report, raise_open_files, start_probes, stop_probes)
+                    connect_in_order, dialect_of, generator_cpu, machine_busy, niced,
+                    paced_window, raise_open_files, start_probes, stop_probes)
 from ergo import Ergo  # registers the "ergo" server kind
 from rooms import Layout, probe_plan, rooms_shape
 
@@ -186,36 +186,12 @@ async def rate(server: Server, clients_n: int, senders: int, per_second: float, 
     for c in clients:
         c.link.count(expected_per_client(dialect.echo, c.index, senders, per_sender), counter)
     by_index = {c.index: c for c in clients}
-    counting = asyncio.ensure_future(counter.run(seconds + 10))
-    cpu_before, mine_before, busy_before, started = server.cpu(), generator_cpu(), machine_busy(), time.perf_counter()
-    probe_before = cpu_seconds(probe.pid) if probe is not None else 0.0
-    interval = 1.0 / per_second
-    for n in range(total):
-        due = started + n * interval
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+
+    def send(n: int) -> None:
         by_index[n % senders].link.write(dialect.message(f"t={time.monotonic_ns()} n={n}", LOBBY))
-    await counting
-    report: dict[str, Any] = {"latencies_ns": [], "received": 0, "cpu_s": probe_before}
-    if probe is not None:
-        report = await probe_report(probe)
-    elapsed = time.perf_counter() - started
-    cpu = server.cpu() - cpu_before
-    others = machine_busy() - busy_before - cpu
-    # the probe has exited: its CPU in the window is its final figure minus the one at the start
-    probe_cpu = float(report["cpu_s"]) - probe_before
-    mine = generator_cpu() - mine_before + probe_cpu
-    latencies: list[int] = sorted(report["latencies_ns"])
+
     expected = sum(c.link.expected for c in clients) + len(probe_indices) * total
-    delivered = sum(c.link.received for c in clients) + int(report["received"])
-    for c in clients:
-        c.link.close()
-    return {**latency_figures(latencies), "lost": expected - delivered, "deliveries": delivered, "messages": total,
-            "cpu": cpu, "us_per_delivery": 1e6 * cpu / delivered if delivered else float("nan"),
-            "us_per_message": 1e6 * cpu / total if total else float("nan"),
-            "generator_cpu": mine, "probe_cpu": probe_cpu, "generator_share": mine / elapsed,
-            "others_share": (others - mine) / elapsed, "latencies_ns": latencies}
+    return await paced_window(server, probe, clients, counter, per_second, seconds, total, send, expected)
 
 
 # -- driver ----------------------------------------------------------------

@@ -37,15 +37,13 @@ longer than that before its next write), before the window opens.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from common import (LOBBY, WAIT, Counter, Server, cpu_seconds, dialect_of, enter_in_two_phases, generator_cpu,
-                    latency_figures, machine_busy, probe_report)
+from common import LOBBY, WAIT, Counter, Server, dialect_of, enter_in_two_phases, paced_window
 
 SETTLE_QUIET = 0.5  # seconds without a byte after which the set-up is over
 JOIN_BATCH = 200  # users logging in and joining at once
@@ -168,35 +166,12 @@ async def rooms_shape(server: Server, layout: Layout, per_second: float, seconds
         counter.expect(c.link, schedule.expected[c.index])
     names = [LOBBY if room < 0 else layout.name(room) for room in schedule.rooms]
     links = [by_user[sender].link for sender in schedule.senders]
-    counting = asyncio.ensure_future(counter.run(seconds + 10))
-    cpu_before, mine_before, busy_before, started = server.cpu(), generator_cpu(), machine_busy(), time.perf_counter()
-    probe_before = cpu_seconds(probe.pid) if probe is not None else 0.0
-    interval = 1.0 / per_second
-    for n in range(total):
-        delay = started + n * interval - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+
+    def send(n: int) -> None:
         links[n].write(dialect.message(f"t={time.monotonic_ns()} n={n}", names[n]))
-    await counting
-    report: dict[str, Any] = {"latencies_ns": [], "received": 0, "cpu_s": probe_before}
-    if probe is not None:
-        report = await probe_report(probe)
-    elapsed = time.perf_counter() - started
-    cpu = server.cpu() - cpu_before
-    others = machine_busy() - busy_before - cpu
-    probe_cpu = float(report["cpu_s"]) - probe_before  # the probe has exited: its final figure minus the start
-    mine = generator_cpu() - mine_before + probe_cpu
-    latencies: list[int] = sorted(report["latencies_ns"])
-    expected = sum(schedule.expected)
-    delivered = sum(c.link.received for c in clients) + int(report["received"])
-    for c in clients:
-        c.link.close()
-    return {**latency_figures(latencies), "lost": expected - delivered, "deliveries": delivered, "messages": total,
-            "cpu": cpu, "us_per_delivery": 1e6 * cpu / delivered if delivered else float("nan"),
-            "us_per_message": 1e6 * cpu / total if total else float("nan"),
-            "generator_cpu": mine, "probe_cpu": probe_cpu, "generator_share": mine / elapsed,
-            "others_share": (others - mine) / elapsed,
-            "set_up_s": set_up, "set_up_lines": thrown, "latencies_ns": latencies}
+
+    figures = await paced_window(server, probe, clients, counter, per_second, seconds, total, send, sum(schedule.expected))
+    return {**figures, "set_up_s": set_up, "set_up_lines": thrown}
 
 
 def probe_plan(layout: Layout, probe_users: list[int], per_second: float, seconds: float, lobby_share: float,

@@ -25,6 +25,15 @@ import ergo  # noqa: E402
 import fanout  # noqa: E402
 
 
+
+def assert_both_got_the_message(case: unittest.TestCase, port: int) -> None:
+    """The IRC dialect's conversation on ``port``: both members got u0's message."""
+    got = asyncio.run(asyncio.wait_for(converse(port), 30))
+    case.assertEqual(len(got), 2)
+    for line in got:
+        case.assertTrue(line.startswith(b":u0!"), line)
+        case.assertIn(b"PRIVMSG #r1 :t=1 n=0 hello", line)
+
 class StreamLink:
     """An asyncio stream pair as the dialects' ``Link`` (as bench/probe.py has one)."""
 
@@ -111,11 +120,7 @@ class ErgoConfigTests(unittest.TestCase):
         server = ergo.Ergo(self.workdir)
         server.start()
         self.addCleanup(server.stop)
-        got = asyncio.run(asyncio.wait_for(converse(server.port), 30))
-        self.assertEqual(len(got), 2)
-        for line in got:
-            self.assertTrue(line.startswith(b":u0!"), line)
-            self.assertIn(b"PRIVMSG #r1 :t=1 n=0 hello", line)
+        assert_both_got_the_message(self, server.port)
 
 
 class ChatdIrcTests(unittest.TestCase):
@@ -145,11 +150,7 @@ class ChatdIrcTests(unittest.TestCase):
         server = common.ChatdIrc(self.workdir)
         server.start()
         self.addCleanup(server.stop)
-        got = asyncio.run(asyncio.wait_for(converse(server.irc_port), 30))
-        self.assertEqual(len(got), 2)
-        for line in got:
-            self.assertTrue(line.startswith(b":u0!"), line)
-            self.assertIn(b"PRIVMSG #r1 :t=1 n=0 hello", line)
+        assert_both_got_the_message(self, server.irc_port)
 
 
 class SettleTests(unittest.TestCase):

@@ -41,6 +41,8 @@ MAX_KICKS = 4
 MAX_USERHOST = 5
 #: The longest AWAY text.
 AWAYLEN = 390
+#: The user modes a client sets and unsets itself: letter -> attribute.
+USER_FLAGS = {"i": "invisible", "B": "bot"}
 
 
 def unix_time(timestamp: str | None) -> str:
@@ -693,15 +695,11 @@ class Commands(IRCConnection):
             if char in "+-":
                 sign = char
                 continue
-            if char == "i":
-                if self.invisible != (sign == "+"):
-                    self.invisible = sign == "+"
-                    applied += (sign if applied_sign != sign else "") + "i"
-                    applied_sign = sign
-            elif char == "B":
-                if self.bot != (sign == "+"):
-                    self.bot = sign == "+"
-                    applied += (sign if applied_sign != sign else "") + "B"
+            if char in USER_FLAGS:
+                attribute = USER_FLAGS[char]
+                if getattr(self, attribute) != (sign == "+"):
+                    setattr(self, attribute, sign == "+")
+                    applied += (sign if applied_sign != sign else "") + char
                     applied_sign = sign
             elif char == "o":
                 if sign == "-" and self.operator:
@@ -725,9 +723,9 @@ class Commands(IRCConnection):
         member = hub.in_room(self, record.key)
         op = self.operator or hub.moderation.is_op(record, self.name)
         args = list(arguments)
-        flags: dict[str, bool] = {}
-        limit: int | None = None  # +l N; 0 for -l
-        join_key: str | None = None  # +k key; "" for -k
+        # The room's settings to change, as section 6.5's ``mode`` takes
+        # them: flags, and ``limit`` (0: none) and ``key`` ("": none).
+        settings: dict[str, Any] = {}
         roles: list[tuple[str, str]] = []
         bans: list[tuple[str, bool]] = []
         list_bans = False
@@ -737,14 +735,14 @@ class Commands(IRCConnection):
                 sign = char
                 continue
             if char in FLAG_LETTERS:
-                flags[FLAG_LETTERS[char]] = sign == "+"
+                settings[FLAG_LETTERS[char]] = sign == "+"
             elif char in "ov":
                 if args:
                     kind = ("op" if sign == "+" else "deop") if char == "o" else ("voice" if sign == "+" else "devoice")
                     roles.append((kind, args.pop(0)))
             elif char == "k":
                 if sign == "-":
-                    join_key = ""
+                    settings["key"] = ""
                     if args:
                         args.pop(0)  # -k takes the old key, which is not checked
                     continue
@@ -755,10 +753,10 @@ class Commands(IRCConnection):
                 if not valid_room_key(text):
                     self.numeric(N.ERR_INVALIDMODEPARAM, record.name, "k", "*", "Invalid key: 1 to 32 characters, no spaces")
                     continue
-                join_key = text
+                settings["key"] = text
             elif char == "l":
                 if sign == "-":
-                    limit = 0
+                    settings["limit"] = 0
                     continue
                 if not args:
                     self.numeric(N.ERR_NEEDMOREPARAMS, "MODE", "Not enough parameters")
@@ -767,7 +765,7 @@ class Commands(IRCConnection):
                 if not text.isdigit() or not 1 <= int(text) <= MAX_ROOM_LIMIT:
                     self.numeric(N.ERR_INVALIDMODEPARAM, record.name, "l", text, "Invalid limit: a whole number from 1")
                     continue
-                limit = int(text)
+                settings["limit"] = int(text)
             elif char == "b":
                 if not args:
                     list_bans = True
@@ -787,12 +785,12 @@ class Commands(IRCConnection):
                 for ban in masks.bans(record.key):
                     self.numeric(N.RPL_BANLIST, record.name, ban.mask, ban.by, str(ban.at))
                 self.numeric(N.RPL_ENDOFBANLIST, record.name, "End of channel ban list")
-        if not flags and not roles and not bans and limit is None and join_key is None:
+        if not settings and not roles and not bans:
             return None
         if not member and not self._exempt():
             self.numeric(N.ERR_NOTONCHANNEL, record.name, "You're not on that channel")
             return None
-        if not op or (lobby and (flags or roles or limit is not None or join_key is not None)):
+        if not op or (lobby and (settings or roles)):
             self.numeric(N.ERR_CHANOPRIVSNEEDED, record.name, "You're not channel operator")
             return None
         now = int(self.clock.seconds())
@@ -802,13 +800,8 @@ class Commands(IRCConnection):
             else:
                 masks.remove_ban(self.me, record, mask)
         d: Deferred[Any] = succeed(None)
-        if flags or limit is not None or join_key is not None:
-            content: dict[str, Any] = {"room": record.name, **flags}
-            if limit is not None:
-                content["limit"] = limit
-            if join_key is not None:
-                content["key"] = join_key
-            d = then(d, lambda: self.moderate("MODE", "mode", content, record.name))
+        if settings:
+            d = then(d, lambda: self.moderate("MODE", "mode", {"room": record.name, **settings}, record.name))
         for kind, user in roles:
             d = then(d, lambda kind=kind, user=user: self.moderate("MODE", kind, {"room": record.name, "user": user}, user))  # type: ignore[misc]  # defaults bind the loop's values
         return d

@@ -640,18 +640,13 @@ class Hub:
                 )
         except ChatError:
             return fail()
+        d: Deferred[object] = succeed(None)
         if existing is not None and existing.limit is not None and not rejoin:
-            # A member limit (IRC's +l): the members now, then the join as below.
+            # A member limit (IRC's +l) needs the members now.
             limited = existing
-
-            def within_limit(members: list[str]) -> Deferred[RoomRecord]:
-                self.moderation.check_limit(session, limited, members)
-                return self.directory.create(name, self.now())
-
-            d = self.directory.members(key).addCallback(within_limit)
-            return d.addCallback(self._watch_room, session).addCallback(self._joined_everywhere, session, rejoin)
-        d = self.directory.create(name, self.now())
-        return d.addCallback(self._watch_room, session).addCallback(self._joined_everywhere, session, rejoin)
+            d = self.directory.members(key).addCallback(lambda members: self.moderation.check_limit(session, limited, members))
+        d2 = d.addCallback(lambda _: self.directory.create(name, self.now()))
+        return d2.addCallback(self._watch_room, session).addCallback(self._joined_everywhere, session, rejoin)
 
     def _joined_everywhere(self, joined: Joined, session: ISession, rejoin: bool) -> Joined:
         """An account joined: its sessions on other nodes join too (every

@@ -255,18 +255,16 @@ class Moderation:
         actor = session.name or ""
         key = record.key
         flags = {flag: content[flag] for flag in DEFAULT_MODES if flag in content}
-        if kind == "mode" and ("limit" in content or "key" in content):
-            flags["limit"] = True  # a change: needs op, like a flag (the values are content's)
+        reading_modes = kind == "mode" and not _changes_settings(content)
         member = self.hub.in_room(session, key)
         operator = self.is_operator(actor)
         if not member and not operator:
-            reading_modes = kind == "mode" and not flags
             if not reading_modes or not record.public:
                 raise ChatError(messages.NOT_IN_ROOM, f"You are not in {record.name}.")
-        needs_op = not (kind == "mode" and not flags) and not (kind == "invite" and not record.modes.get("invite_only"))
+        needs_op = not reading_modes and not (kind == "invite" and not record.modes.get("invite_only"))
         if needs_op and not self.is_op(record, actor):
             raise ChatError(messages.NOT_OP, f"You are not an operator of {record.name}.")
-        if key == LOBBY and (kind in ROLE_CHANGES or (kind == "mode" and flags)):
+        if key == LOBBY and (kind in ROLE_CHANGES or (kind == "mode" and not reading_modes)):
             raise ChatError(messages.FORBIDDEN, "The modes and roles of #lobby are fixed: only server operators moderate it.")
         if kind == "deop" and self.is_operator(content["user"]):
             raise ChatError(messages.FORBIDDEN, f"{content['user']} is a server operator: op everywhere.")
@@ -373,10 +371,9 @@ class Moderation:
         return self._role(session, record, content, "devoice")
 
     def _mode(self, session: ISession, record: RoomRecord, content: dict[str, Any], flags: dict[str, bool]) -> Done:
-        if not flags:
+        if not _changes_settings(content):
             return Done(f"Modes of {record.name}", {"room": record.name, "modes": self.hub.modes_of(record)})
         limit, join_key = content.get("limit"), content.get("key")
-        flags = {flag: value for flag, value in flags.items() if flag in DEFAULT_MODES}
         changed: dict[str, object] = {flag: value for flag, value in flags.items() if record.modes.get(flag) != value}
         if isinstance(limit, int) and (limit or None) != record.limit:
             changed["limit"] = limit
@@ -469,6 +466,12 @@ def _comment(content: dict[str, Any]) -> str:
 
     comment = content.get("comment")
     return clean_topic(comment).strip()[:MAX_COMMENT] if isinstance(comment, str) else ""
+
+
+def _changes_settings(content: dict[str, Any]) -> bool:
+    """Whether a ``mode`` request sets something (a flag, the member
+    limit, the key) rather than reading the modes."""
+    return any(setting in content for setting in (*DEFAULT_MODES, "limit", "key"))
 
 
 def _valid_name(name: str) -> bool:

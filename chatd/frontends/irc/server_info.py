@@ -95,7 +95,7 @@ class ServerInfo(IRCConnection):
     def _other_server(self, line: Line) -> bool:
         """A target server other than this one: 402 (true)."""
         target = line.params[0] if line.params and line.params[0] else ""
-        if target and target.lower() != self.server.lower() and not _matches_server(target, self.server):
+        if target and not _matches_server(target, self.server):
             self.numeric(N.ERR_NOSUCHSERVER, target[:64], "No such server")
             return True
         return False

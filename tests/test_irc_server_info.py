@@ -187,3 +187,36 @@ class LusersTests(IRCTestCase):
         self.assertEqual(lines["265"].params[1:3], ["1", "2"])
         self.assertEqual(lines["266"].params[1:3], ["1", "2"])
         self.assertIn("I have 1 clients", lines["255"].params[-1])
+
+
+class HostileTests(IRCTestCase):
+    """The commands of this module cost budget like any other, and wait
+    for a client that does not read."""
+
+    chat = {"request_rate": 5.0, "request_burst": 10, "max_sendq": 4096}
+
+    def test_a_flood_of_them_is_closed_and_others_go_on(self) -> None:
+        alice, bob = self.client("alice"), self.client("bob")
+        alice.lines()
+        bob.lines()
+        alice.send_raw(b"".join(b"HELP PRIVMSG\r\nWHOWAS x 0\r\nINFO\r\nTIME\r\nLINKS\r\n" for _ in range(400)))
+        lines = alice.lines()
+        self.assertEqual(lines[-1].command, "ERROR")
+        self.assertLess(len(lines), 100)  # answered within the budget, not 2,000 times
+        self.assertTrue(alice.closed)
+        bob.send("PING still-here")
+        self.assertEqual([(line.command, line.params[-1]) for line in bob.lines()], [("PONG", "still-here")])
+
+    def test_a_client_that_never_reads_gets_no_more_output(self) -> None:
+        alice = self.client("alice")
+        alice.lines()
+        sendq = alice.protocol.sendq
+        sendq.pauseProducing()  # the kernel buffer is full: the client reads nothing
+        for _ in range(50):
+            alice.send("HELP")
+            self.clock.advance(1)
+        self.assertEqual(sendq.unsent, sendq.buffer_size)  # nothing was answered meanwhile
+        self.assertFalse(alice.closed)
+        sendq.resumeProducing()
+        self.clock.advance(1)
+        self.assertIn("704", alice.commands())  # the waiting requests are answered once it reads
